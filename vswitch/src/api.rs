@@ -1,0 +1,211 @@
+//! Control API: the JSON messages spoken on the switch's control socket, and the
+//! counters they report. One request per line, one response per line.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::MacAddr;
+
+/// A request on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// List the ports.
+    Ports {},
+    /// Dump the forwarding database.
+    Fdb {},
+    /// Per-port counters.
+    Stats {},
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// Answer to [`Request::Ports`].
+    Ports {
+        /// Every port, in id order.
+        ports: Vec<PortInfo>,
+    },
+    /// Answer to [`Request::Fdb`].
+    Fdb {
+        /// Live entries, sorted by VLAN then MAC.
+        entries: Vec<FdbEntryInfo>,
+    },
+    /// Answer to [`Request::Stats`].
+    Stats {
+        /// Counters of every port, in id order.
+        ports: Vec<PortStats>,
+    },
+    /// The request could not be served.
+    Error {
+        /// What was wrong with it.
+        message: String,
+    },
+}
+
+/// What kind of port this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortKind {
+    /// A VM's virtio-net device, served over a vhost-user socket.
+    VhostUser,
+    /// A host network interface reached through AF_PACKET.
+    Uplink,
+}
+
+/// One port as listed by [`Request::Ports`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// Switch-local port number.
+    pub id: u16,
+    /// Port name (socket file stem or interface name).
+    pub name: String,
+    /// Port kind.
+    pub kind: PortKind,
+    /// Socket path (vhost-user) or interface name (uplink).
+    pub path: String,
+    /// Access VLAN of a VM port, native (untagged) VLAN of an uplink.
+    pub vlan: u16,
+    /// A frontend is connected and its rings are running (always true for an up uplink).
+    pub connected: bool,
+    /// virtio feature bits the frontend acknowledged (0 for an uplink).
+    pub acked_features: u64,
+}
+
+/// One forwarding database entry as listed by [`Request::Fdb`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdbEntryInfo {
+    /// VLAN the address was learned on.
+    pub vlan: u16,
+    /// Learned source MAC.
+    pub mac: MacAddr,
+    /// Port name the MAC lives behind.
+    pub port: String,
+    /// Seconds since the entry was last refreshed.
+    pub age_secs: u32,
+}
+
+/// Counters of one port as reported by [`Request::Stats`].
+///
+/// Directions are the switch's: `rx` = frames the switch received from the port
+/// (a guest's transmissions), `tx` = frames the switch delivered to the port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStats {
+    /// Port name.
+    pub name: String,
+    /// Frames received from the port.
+    pub rx_packets: u64,
+    /// Bytes received from the port (Ethernet frame, no virtio header).
+    pub rx_bytes: u64,
+    /// Frames delivered to the port.
+    pub tx_packets: u64,
+    /// Bytes delivered to the port.
+    pub tx_bytes: u64,
+    /// Dropped frames and rejected inputs by reason (every reason listed, zero or not).
+    pub drops: BTreeMap<String, u64>,
+}
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal: $doc:literal),+ $(,)?) => {
+        /// Why a frame (or a guest request) was dropped. Every drop is counted under one of these.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum DropReason { $(#[doc = $doc] $variant),+ }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant),+];
+            /// The reason's name in the API and logs.
+            pub fn as_str(self) -> &'static str {
+                match self { $(DropReason::$variant => $name),+ }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    BadDescriptor => "bad_descriptor": "A descriptor chain that breaks the virtio rules (wrong direction, index out of range, too many segments, zero length).",
+    BadAddress => "bad_address": "A descriptor pointing outside guest memory.",
+    DescriptorLoop => "descriptor_loop": "A descriptor chain longer than the queue: a loop.",
+    RuntFrame => "runt_frame": "A frame shorter than an Ethernet header.",
+    OversizeFrame => "oversize_frame": "A frame longer than the MTU allows.",
+    NoRxBuffer => "no_rx_buffer": "The destination had no receive buffer (ring full or not running).",
+    RxBufferTooSmall => "rx_buffer_too_small": "The destination's receive buffers could not hold the frame.",
+    VlanMismatch => "vlan_mismatch": "A tagged frame on an access port, or a VLAN the port does not carry.",
+    InvalidSource => "invalid_source": "A multicast or all-zero source MAC.",
+    UplinkTxError => "uplink_tx_error": "The uplink interface refused the frame.",
+    RingError => "ring_error": "A ring whose addresses lie outside guest memory; the queue was stopped.",
+    ProtocolError => "protocol_error": "A vhost-user message the switch rejected; the connection was closed.",
+}
+
+/// Number of drop reasons.
+pub const DROP_REASONS: usize = DropReason::ALL.len();
+
+/// Live counters of one port, updated by forwarding threads once per batch.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    /// Frames received from the port.
+    pub rx_packets: AtomicU64,
+    /// Bytes received from the port.
+    pub rx_bytes: AtomicU64,
+    /// Frames delivered to the port.
+    pub tx_packets: AtomicU64,
+    /// Bytes delivered to the port.
+    pub tx_bytes: AtomicU64,
+    /// Drops, indexed by `DropReason as usize`.
+    pub drops: [AtomicU64; DROP_REASONS],
+}
+
+impl PortCounters {
+    /// Counts `n` drops for `reason`.
+    pub fn drop(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Current drop count for `reason`.
+    pub fn drops_for(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self, name: &str) -> PortStats {
+        PortStats {
+            name: name.to_string(),
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_string(), self.drops_for(*r)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_request_unknown_fields_rejected() {
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"request":"ports"}"#).unwrap(),
+            Request::Ports {}
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"request":"ports","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn test_counters_snapshot_lists_every_reason() {
+        let c = PortCounters::default();
+        c.drop(DropReason::RuntFrame, 2);
+        let s = c.snapshot("p");
+        assert_eq!(s.drops.len(), DROP_REASONS);
+        assert_eq!(s.drops["runt_frame"], 2);
+    }
+}

@@ -1,0 +1,264 @@
+//! Switch configuration: a TOML file and the `accelnet switch run` flags feed the
+//! same [`SwitchConfig`], validated once by [`SwitchConfig::validate`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::VLAN_MAX;
+
+/// Default L3 MTU of every port.
+pub const DEFAULT_MTU: u16 = 1500;
+/// Default access VLAN of a VM port and native VLAN of an uplink.
+pub const DEFAULT_VLAN: u16 = 1;
+
+/// Errors in a switch configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys are rejected).
+    #[error("invalid config file {path}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A VLAN id outside 1..=4094.
+    #[error("port {port}: VLAN {vlan} out of range 1..=4094")]
+    Vlan {
+        /// Port name.
+        port: String,
+        /// Offending value.
+        vlan: u16,
+    },
+    /// An MTU outside 68..=9000.
+    #[error("MTU {0} out of range 68..=9000")]
+    Mtu(u16),
+    /// Two ports with one name or one socket path.
+    #[error("duplicate port {0}")]
+    DuplicatePort(String),
+    /// A port name that is empty or not printable.
+    #[error("invalid port name {0:?}: use letters, digits, '-', '_' or '.'")]
+    PortName(String),
+    /// Nothing to switch.
+    #[error("no ports: give at least one --vhost-user-server PATH or [[port]] in the config")]
+    NoPorts,
+    /// FDB settings out of range.
+    #[error("fdb_capacity must be 64..=1048576 and fdb_aging_secs 1..=86400")]
+    Fdb,
+}
+
+/// Everything the switch needs to start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// Switch-wide settings.
+    #[serde(default)]
+    pub switch: SwitchSettings,
+    /// VM ports (vhost-user server sockets).
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortConfig>,
+    /// Uplinks to host interfaces.
+    #[serde(default, rename = "uplink")]
+    pub uplinks: Vec<UplinkConfig>,
+}
+
+/// Switch-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwitchSettings {
+    /// L3 MTU: frames up to `mtu + 18` bytes (Ethernet header and one VLAN tag) are forwarded.
+    pub mtu: u16,
+    /// CPUs for forwarding threads, one thread each; empty = one unpinned thread.
+    pub cpus: Vec<usize>,
+    /// Control socket path (mode 0600).
+    pub control: Option<PathBuf>,
+    /// FDB capacity in entries.
+    pub fdb_capacity: u32,
+    /// Seconds after which an unrefreshed FDB entry expires.
+    pub fdb_aging_secs: u32,
+}
+
+impl Default for SwitchSettings {
+    fn default() -> Self {
+        SwitchSettings {
+            mtu: DEFAULT_MTU,
+            cpus: Vec::new(),
+            control: None,
+            fdb_capacity: 8192,
+            fdb_aging_secs: 300,
+        }
+    }
+}
+
+/// A VM port: a vhost-user socket the switch listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Port name; defaults to the socket's file stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Socket path the switch creates.
+    pub socket: PathBuf,
+    /// Access VLAN: frames enter and leave untagged.
+    #[serde(default = "default_vlan")]
+    pub vlan: u16,
+}
+
+/// An uplink: a host interface (veth, tap or PF) attached over AF_PACKET.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Interface name.
+    pub ifname: String,
+    /// VLAN carried untagged on the wire; other VLANs are tagged.
+    #[serde(default = "default_vlan")]
+    pub native_vlan: u16,
+}
+
+fn default_vlan() -> u16 {
+    DEFAULT_VLAN
+}
+
+impl PortConfig {
+    /// A port on `socket` in the default VLAN.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        PortConfig {
+            name: None,
+            socket: socket.into(),
+            vlan: DEFAULT_VLAN,
+        }
+    }
+
+    /// The configured name, or the socket's file stem.
+    pub fn port_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.socket
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+    }
+}
+
+impl SwitchConfig {
+    /// Reads and parses a TOML file (not yet validated).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks ranges and uniqueness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.switch;
+        if !(68..=9000).contains(&s.mtu) {
+            return Err(ConfigError::Mtu(s.mtu));
+        }
+        if !(64..=1 << 20).contains(&s.fdb_capacity) || !(1..=86400).contains(&s.fdb_aging_secs) {
+            return Err(ConfigError::Fdb);
+        }
+        if self.ports.is_empty() && self.uplinks.is_empty() {
+            return Err(ConfigError::NoPorts);
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut sockets = std::collections::HashSet::new();
+        let entries = self
+            .ports
+            .iter()
+            .map(|p| (p.port_name(), p.vlan))
+            .chain(self.uplinks.iter().map(|u| (u.ifname.clone(), u.native_vlan)));
+        for (name, vlan) in entries {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err(ConfigError::PortName(name));
+            }
+            if !(1..=VLAN_MAX).contains(&vlan) {
+                return Err(ConfigError::Vlan { port: name, vlan });
+            }
+            if !names.insert(name.clone()) {
+                return Err(ConfigError::DuplicatePort(name));
+            }
+        }
+        for p in &self.ports {
+            if !sockets.insert(p.socket.clone()) {
+                return Err(ConfigError::DuplicatePort(p.socket.display().to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Largest Ethernet frame (without virtio header) a port accepts.
+    pub fn max_frame_len(&self) -> usize {
+        usize::from(self.switch.mtu) + crate::wire::ETH_HLEN + crate::wire::VLAN_TAG_LEN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_config_parses_ports_and_uplink() {
+        let c: SwitchConfig = toml::from_str(
+            r#"
+            [switch]
+            mtu = 1500
+            cpus = [1]
+            [[port]]
+            socket = "/tmp/a.sock"
+            [[port]]
+            name = "vm-b"
+            socket = "/tmp/b.sock"
+            vlan = 20
+            [[uplink]]
+            ifname = "veth0"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ports[0].port_name(), "a");
+        assert_eq!(c.ports[1].vlan, 20);
+        assert_eq!(c.uplinks[0].native_vlan, DEFAULT_VLAN);
+    }
+
+    #[test]
+    fn test_config_unknown_key_rejected() {
+        let e = toml::from_str::<SwitchConfig>("[[port]]\nsocket = \"/a\"\nvlna = 3\n");
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn test_config_vlan_out_of_range_rejected() {
+        let mut c = SwitchConfig::default();
+        c.ports.push(PortConfig { vlan: 4095, ..PortConfig::new("/tmp/x.sock") });
+        assert!(matches!(c.validate(), Err(ConfigError::Vlan { vlan: 4095, .. })));
+    }
+
+    #[test]
+    fn test_config_duplicate_name_rejected() {
+        let mut c = SwitchConfig::default();
+        c.ports.push(PortConfig::new("/tmp/x.sock"));
+        c.ports.push(PortConfig::new("/var/x.sock"));
+        assert!(matches!(c.validate(), Err(ConfigError::DuplicatePort(_))));
+    }
+}

@@ -1,0 +1,1 @@
+//! Unix-socket JSON control API server and client (being written).

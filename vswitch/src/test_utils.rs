@@ -1,0 +1,1 @@
+//! Test helpers: MockFrontend (being written).

@@ -1,1 +1,41 @@
-fn main() {}
+//! `accelnet`: the command line and node agent gluing the accelnet crates together.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod switch_cmd;
+mod table;
+
+/// accelnet: SR-IOV with failover for Linux VMs.
+#[derive(Debug, Parser)]
+#[command(name = "accelnet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run or query the vhost-user-net software switch.
+    Switch(switch_cmd::SwitchArgs),
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 (clap), runtime errors 1.
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("accelnet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Switch(args) => switch_cmd::run(args),
+    }
+}

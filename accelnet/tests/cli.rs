@@ -1,0 +1,291 @@
+//! The `accelnet` binary as a user runs it: exit codes, messages and output formats.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vswitch::api::{PortInfo, PortKind};
+use vswitch::control::{ControlHandler, ControlServer};
+use vswitch::{PortStats, Request, Response};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "accelnet-cli-{}-{name}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn accelnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_accelnet"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the accelnet binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn cli_help_lists_switch_commands() {
+    let top = accelnet(&["--help"]);
+    let switch = accelnet(&["switch", "--help"]);
+
+    assert!(top.status.success(), "{}", stderr(&top));
+    assert!(stdout(&top).contains("switch"));
+    for cmd in ["run", "ports", "fdb", "stats"] {
+        assert!(
+            stdout(&switch).contains(cmd),
+            "{cmd} missing:\n{}",
+            stdout(&switch)
+        );
+    }
+}
+
+#[test]
+fn cli_wrong_flag_exits_2_with_usage() {
+    let o = accelnet(&["switch", "ports", "--bogus"]);
+
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unexpected argument '--bogus'"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("Usage:"), "{}", stderr(&o));
+}
+
+#[test]
+fn cli_ports_without_switch_exits_1_with_clear_message() {
+    let o = accelnet(&["switch", "ports", "--control", "/nonexistent/ctl.sock"]);
+
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "accelnet: is the switch running? no control socket at /nonexistent/ctl.sock\n"
+    );
+}
+
+#[test]
+fn cli_run_config_unknown_key_exits_1_naming_file() {
+    let dir = TempDir::new("unknown-key");
+    let file = dir.path("switch.toml");
+    std::fs::write(&file, "[[port]]\nsocket = \"/tmp/a.sock\"\nvlna = 3\n").unwrap();
+
+    let o = accelnet(&["switch", "run", "--config", file.to_str().unwrap()]);
+
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.starts_with("accelnet: invalid config file "), "{err}");
+    assert!(err.contains(file.to_str().unwrap()), "{err}");
+    assert!(err.contains("vlna"), "{err}");
+}
+
+#[test]
+fn cli_run_vlan_out_of_range_exits_1_naming_port() {
+    let dir = TempDir::new("vlan");
+    let file = dir.path("switch.toml");
+    let sock = dir.path("vm-a.sock");
+    std::fs::write(
+        &file,
+        format!(
+            "[[port]]\nsocket = {:?}\nvlan = 5000\n",
+            sock.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+
+    let o = accelnet(&["switch", "run", "--config", file.to_str().unwrap()]);
+
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("port vm-a: VLAN 5000 out of range"), "{err}");
+    assert!(err.contains(file.to_str().unwrap()), "{err}");
+    assert!(
+        !sock.exists(),
+        "no socket should be created for an invalid config"
+    );
+}
+
+#[test]
+fn cli_run_without_ports_exits_1() {
+    let o = accelnet(&["switch", "run"]);
+
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no ports"), "{}", stderr(&o));
+}
+
+/// Answers with canned data, or with an error for the FDB.
+struct FakeSwitch;
+
+fn drops(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    vswitch::DropReason::ALL
+        .iter()
+        .map(|r| {
+            let n = pairs
+                .iter()
+                .find(|(k, _)| *k == r.as_str())
+                .map_or(0, |p| p.1);
+            (r.as_str().to_string(), n)
+        })
+        .collect()
+}
+
+fn canned_stats() -> Vec<PortStats> {
+    vec![
+        PortStats {
+            name: "vm-a".into(),
+            rx_packets: 1200,
+            rx_bytes: 1_800_000,
+            tx_packets: 3,
+            tx_bytes: 180,
+            drops: drops(&[("no_rx_buffer", 1), ("runt_frame", 3)]),
+        },
+        PortStats {
+            name: "veth0".into(),
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            drops: drops(&[]),
+        },
+    ]
+}
+
+impl ControlHandler for FakeSwitch {
+    fn handle(&self, req: &Request) -> Response {
+        match req {
+            Request::Ports {} => Response::Ports {
+                ports: vec![PortInfo {
+                    id: 0,
+                    name: "vm-a".into(),
+                    kind: PortKind::VhostUser,
+                    path: "/run/vm-a.sock".into(),
+                    vlan: 1,
+                    connected: true,
+                    acked_features: 0,
+                }],
+            },
+            Request::Fdb {} => Response::Error {
+                message: "fdb is busy".into(),
+            },
+            Request::Stats {} => Response::Stats {
+                ports: canned_stats(),
+            },
+        }
+    }
+}
+
+fn fake_switch(dir: &TempDir) -> (ControlServer, String) {
+    let path = dir.path("ctl.sock");
+    let server =
+        ControlServer::start(&path, Arc::new(FakeSwitch)).expect("fresh socket path in a temp dir");
+    let path = path.to_str().expect("temp paths are UTF-8").to_string();
+    (server, path)
+}
+
+#[test]
+fn cli_stats_prints_table() {
+    let dir = TempDir::new("stats-table");
+    let (_server, ctl) = fake_switch(&dir);
+
+    let o = accelnet(&["switch", "stats", "--control", &ctl]);
+
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "PORT   RX-PKTS  RX-BYTES  TX-PKTS  TX-BYTES  DROPS\n\
+         vm-a      1200   1800000        3       180  runt_frame=3,no_rx_buffer=1\n\
+         veth0        0         0        0         0  -\n"
+    );
+}
+
+#[test]
+fn cli_stats_json_is_the_payload() {
+    let dir = TempDir::new("stats-json");
+    let (_server, ctl) = fake_switch(&dir);
+
+    let o = accelnet(&["switch", "stats", "--control", &ctl, "--json"]);
+
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let expected = serde_json::json!({ "ports": canned_stats() });
+    assert_eq!(value, expected);
+    assert!(out.starts_with("{\n  \"ports\": [\n"), "not pretty: {out}");
+    assert_eq!(value["ports"][0]["drops"]["runt_frame"], 3);
+}
+
+#[test]
+fn cli_ports_prints_table() {
+    let dir = TempDir::new("ports-table");
+    let (_server, ctl) = fake_switch(&dir);
+
+    let o = accelnet(&["switch", "ports", "--control", &ctl]);
+
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "ID  NAME  KIND        VLAN  CONNECTED  PATH\n\
+         \x200  vm-a  vhost-user     1  yes        /run/vm-a.sock\n"
+    );
+}
+
+#[test]
+fn cli_error_response_exits_1_as_refusal() {
+    let dir = TempDir::new("refused");
+    let (_server, ctl) = fake_switch(&dir);
+
+    let o = accelnet(&["switch", "fdb", "--control", &ctl]);
+
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "accelnet: switch refused the request: fdb is busy\n"
+    );
+    assert_eq!(stdout(&o), "");
+}
+
+#[test]
+fn cli_ports_on_stale_socket_exits_1() {
+    let dir = TempDir::new("stale");
+    let path = dir.path("ctl.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+
+    let o = accelnet(&["switch", "ports", "--control", path.to_str().unwrap()]);
+
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is the switch running?"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,0 +1,14 @@
+#!/bin/bash
+# Installs what the tests need, then runs every test of the project: formatting,
+# lints, unit tests, the mock vhost-user frontend tests, the AF_PACKET uplink tests
+# (network namespaces), the DPDK testpmd frontend test and the QEMU guest tests.
+# Needs root (netns, veth, QEMU, DPDK). Nothing is skipped: a test that cannot run fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "scripts/test.sh: run as root (network namespaces, QEMU, DPDK)" >&2; exit 1; }
+export PATH="$HOME/.cargo/bin:$PATH"
+scripts/install-deps.sh
+lab/build-guest.sh
+echo "== cargo fmt --check"; cargo fmt --all --check
+echo "== cargo clippy"; cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+echo "== cargo test"; cargo test --workspace --all-features --locked -- --test-threads=2

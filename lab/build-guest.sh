@@ -1,0 +1,98 @@
+#!/bin/bash
+# Builds the lab guest: a Debian 6.1 kernel (unpacked, never installed) and a tiny busybox
+# initramfs whose /init is lab/guest-init.sh. Used by the QEMU tests (crate integration-tests)
+# and scripts/demo.sh.
+#
+# Output (default <project>/build/guest, override with ACCELNET_GUEST_DIR):
+#   vmlinuz, initramfs.cpio.gz
+# Env: ACCELNET_GUEST_DIR  output directory
+#      KVER / KPKG_VERSION  guest kernel ABI and pinned package version (6.1.0-50-amd64 / 6.1.176-1)
+#      BUSYBOX              a STATIC busybox (default /bin/busybox from busybox-static)
+# Idempotent: the .deb is downloaded and unpacked once; the initramfs is rebuilt only when
+# guest-init.sh, busybox or this script changed (FORCE=1 rebuilds anyway).
+set -euo pipefail
+LAB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$LAB")
+OUT=${ACCELNET_GUEST_DIR:-$ROOT/build/guest}
+KVER=${KVER:-6.1.0-50-amd64}
+KPKG_VERSION=${KPKG_VERSION:-6.1.176-1}
+KPKG=linux-image-${KVER}-unsigned
+BUSYBOX=${BUSYBOX:-/bin/busybox}
+# Modules the guest needs (=m in Debian's config); their load order comes from modules.dep.
+MODULES=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
+         failover net_failover virtio_net e1000 e1000e)
+
+die() { echo "build-guest: $*" >&2; exit 1; }
+for t in dpkg-deb depmod cpio gzip; do command -v "$t" >/dev/null || die "missing $t (run scripts/install-deps.sh)"; done
+[ -x "$BUSYBOX" ] || die "no busybox at $BUSYBOX (apt-get install busybox-static)"
+if command -v file >/dev/null && file -L "$BUSYBOX" | grep -q 'dynamically linked'; then
+  die "$BUSYBOX is dynamically linked: install busybox-static"
+fi
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+KDIR=$OUT/kernel
+DEB=$OUT/${KPKG}_${KPKG_VERSION}_amd64.deb
+MODROOT=$KDIR/lib/modules/$KVER
+
+# 1. The pinned kernel package, downloaded and unpacked once.
+if [ ! -f "$KDIR/.unpacked-$KPKG_VERSION" ]; then
+  if [ ! -f "$DEB" ]; then
+    # apt's _apt user cannot write into root-owned dirs: download in a scratch dir it owns
+    tmp=$(mktemp -d); chmod 777 "$tmp"
+    (cd "$tmp" && apt-get download -q "$KPKG=$KPKG_VERSION") \
+      || { rm -rf "$tmp"; die "apt-get download $KPKG=$KPKG_VERSION failed (apt-get update?)"; }
+    mv "$tmp"/*.deb "$DEB"; rm -rf "$tmp"
+  fi
+  rm -rf "$KDIR"; mkdir -p "$KDIR"
+  dpkg-deb -x "$DEB" "$KDIR"
+  # The package ships no modules.dep (postinst runs depmod): generate it inside the unpacked tree.
+  depmod -b "$KDIR" "$KVER"
+  touch "$KDIR/.unpacked-$KPKG_VERSION"
+fi
+[ -f "$MODROOT/modules.dep" ] || depmod -b "$KDIR" "$KVER"
+cp -u "$KDIR/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+
+# 2. Initramfs, rebuilt only if an input is newer than it.
+INITRD=$OUT/initramfs.cpio.gz
+stale=${FORCE:-}
+for f in "$LAB/guest-init.sh" "$BUSYBOX" "${BASH_SOURCE[0]}" "$KDIR/.unpacked-$KPKG_VERSION"; do
+  if [ "$f" -nt "$INITRD" ]; then stale=1; fi
+done
+if [ -n "$stale" ] || [ ! -f "$INITRD" ]; then
+  # Load order: depth-first over modules.dep (a module's deps are listed last-loaded-first).
+  declare -A DEP=() PATHOF=() SEEN=()
+  while IFS= read -r line; do
+    mod=${line%%:*}; deps=${line#*:}
+    name=$(basename "$mod"); name=${name%%.ko*}
+    PATHOF[$name]=$mod; DEP[$name]=$deps
+  done < "$MODROOT/modules.dep"
+  ORDER=()
+  visit() {
+    local n=$1 d i arr
+    [ -n "${SEEN[$n]:-}" ] && return 0
+    SEEN[$n]=1
+    [ -n "${PATHOF[$n]:-}" ] || die "module $n not in $MODROOT/modules.dep"
+    read -ra arr <<< "${DEP[$n]}"
+    for ((i=${#arr[@]}-1; i>=0; i--)); do d=$(basename "${arr[i]}"); visit "${d%%.ko*}"; done
+    ORDER+=("$n")
+  }
+  for m in "${MODULES[@]}"; do visit "$m"; done
+
+  R=$OUT/initramfs
+  rm -rf "$R"; mkdir -p "$R"/{bin,sbin,proc,sys,dev,tmp,etc,root,lib/modules}
+  cp "$BUSYBOX" "$R/bin/busybox"
+  for a in $("$BUSYBOX" --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
+  : > "$R/lib/modules/load-order"
+  for n in "${ORDER[@]}"; do
+    f=${PATHOF[$n]}; base=$(basename "$f")
+    cp "$MODROOT/$f" "$R/lib/modules/$base"
+    echo "$base" >> "$R/lib/modules/load-order"
+  done
+  cp "$LAB/guest-init.sh" "$R/init"; chmod 755 "$R/init"
+  (cd "$R" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > "$INITRD.tmp")
+  mv "$INITRD.tmp" "$INITRD"
+  echo "build-guest: modules (load order): ${ORDER[*]}"
+fi
+echo "kernel: $OUT/vmlinuz"
+echo "initrd: $INITRD"

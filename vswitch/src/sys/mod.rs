@@ -1,6 +1,7 @@
 //! The few system calls the switch makes directly. All `unsafe` of the crate lives here.
 #![allow(unsafe_code)]
 
+pub mod memfd;
 pub mod packet;
 
 use std::io;

@@ -178,11 +178,11 @@ impl SwitchConfig {
         }
         let mut names = std::collections::HashSet::new();
         let mut sockets = std::collections::HashSet::new();
-        let entries = self
-            .ports
-            .iter()
-            .map(|p| (p.port_name(), p.vlan))
-            .chain(self.uplinks.iter().map(|u| (u.ifname.clone(), u.native_vlan)));
+        let entries = self.ports.iter().map(|p| (p.port_name(), p.vlan)).chain(
+            self.uplinks
+                .iter()
+                .map(|u| (u.ifname.clone(), u.native_vlan)),
+        );
         for (name, vlan) in entries {
             let valid = !name.is_empty()
                 && name.len() <= 64
@@ -250,8 +250,14 @@ mod tests {
     #[test]
     fn test_config_vlan_out_of_range_rejected() {
         let mut c = SwitchConfig::default();
-        c.ports.push(PortConfig { vlan: 4095, ..PortConfig::new("/tmp/x.sock") });
-        assert!(matches!(c.validate(), Err(ConfigError::Vlan { vlan: 4095, .. })));
+        c.ports.push(PortConfig {
+            vlan: 4095,
+            ..PortConfig::new("/tmp/x.sock")
+        });
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Vlan { vlan: 4095, .. })
+        ));
     }
 
     #[test]

@@ -90,7 +90,10 @@ impl Fdb {
     /// A table for at least `capacity` entries that forgets an entry after
     /// `aging_secs` without traffic from it.
     pub fn new(capacity: u32, aging_secs: u32) -> Self {
-        let buckets = (capacity as usize).div_ceil(SLOTS).next_power_of_two().max(1);
+        let buckets = (capacity as usize)
+            .div_ceil(SLOTS)
+            .next_power_of_two()
+            .max(1);
         Fdb {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             shift: 64 - buckets.trailing_zeros(),
@@ -202,9 +205,7 @@ impl Fdb {
         let val = make_val(port, 0) | VAL_STATIC;
         let slot = (0..SLOTS)
             .find(|&i| b.keys[i].load(Ordering::Acquire) == key)
-            .or_else(|| {
-                (0..SLOTS).find(|&i| b.vals[i].load(Ordering::Acquire) & VAL_STATIC == 0)
-            });
+            .or_else(|| (0..SLOTS).find(|&i| b.vals[i].load(Ordering::Acquire) & VAL_STATIC == 0));
         match slot {
             Some(i) => {
                 Self::write_slot(b, i, key, val);
@@ -253,7 +254,9 @@ impl Fdb {
                 if k == 0 {
                     continue;
                 }
-                let Some(v) = Self::read_slot(b, i, k) else { continue };
+                let Some(v) = Self::read_slot(b, i, k) else {
+                    continue;
+                };
                 if self.expired(v, now) {
                     continue;
                 }
@@ -262,7 +265,11 @@ impl Fdb {
                     vlan: ((k >> 48) & 0x0fff) as u16,
                     mac: MacAddr::from_u64(k),
                     port: val_port(v),
-                    age_secs: if is_static { 0 } else { now.wrapping_sub(val_time(v)) },
+                    age_secs: if is_static {
+                        0
+                    } else {
+                        now.wrapping_sub(val_time(v))
+                    },
                     is_static,
                 });
             }

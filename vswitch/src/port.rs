@@ -24,7 +24,9 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STANDBY};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::{DropReason, PortCounters, PortInfo, PortKind};
@@ -179,7 +181,7 @@ pub enum PortBackend {
     /// VM port.
     Vhost(VhostPort),
     /// Host interface.
-    Uplink(UplinkPort),
+    Uplink(Box<UplinkPort>),
 }
 
 /// A switch port.
@@ -428,7 +430,11 @@ pub fn serve_vhost_port(port: Arc<Port>, listener: UnixListener, fdb: Arc<crate:
     }
 }
 
-fn serve_connection(port: &Arc<Port>, vp: &VhostPort, listener: &mut Listener) -> Result<(), String> {
+fn serve_connection(
+    port: &Arc<Port>,
+    vp: &VhostPort,
+    listener: &mut Listener,
+) -> Result<(), String> {
     let (exit_c, exit_n) =
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(|e| e.to_string())?;
     let exit = Arc::new((exit_c, exit_n));
@@ -439,8 +445,12 @@ fn serve_connection(port: &Arc<Port>, vp: &VhostPort, listener: &mut Listener) -
         captured: Arc::new(AtomicBool::new(false)),
         exit: exit.clone(),
     };
-    let mut daemon = VhostUserDaemon::new(format!("vhu-{}", port.name), backend.clone(), backend.mem.clone())
-        .map_err(|e| format!("cannot create daemon: {e}"))?;
+    let mut daemon = VhostUserDaemon::new(
+        format!("vhu-{}", port.name),
+        backend.clone(),
+        backend.mem.clone(),
+    )
+    .map_err(|e| format!("cannot create daemon: {e}"))?;
     daemon
         .start(listener)
         .map_err(|e| format!("accept failed: {e}"))?;
@@ -461,7 +471,10 @@ fn serve_connection(port: &Arc<Port>, vp: &VhostPort, listener: &mut Listener) -
     log::info!("port {}: frontend disconnected", port.name);
     match result {
         // A frontend closing its socket between messages is the normal way to leave.
-        Ok(()) | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => Ok(()),
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
+            Ok(())
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -478,10 +491,16 @@ mod tests {
         drop(UnixListener::bind(&path).unwrap()); // leaves the file, nobody listens
         assert!(path.exists());
         let l = bind_server_socket(&path).unwrap();
-        assert!(matches!(bind_server_socket(&path), Err(PortError::InUse(_))));
+        assert!(matches!(
+            bind_server_socket(&path),
+            Err(PortError::InUse(_))
+        ));
         drop(l);
         std::fs::write(dir.join("file"), b"x").unwrap();
-        assert!(matches!(bind_server_socket(&dir.join("file")), Err(PortError::NotASocket(_))));
+        assert!(matches!(
+            bind_server_socket(&dir.join("file")),
+            Err(PortError::NotASocket(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -11,7 +11,10 @@ use crate::config::{ConfigError, SwitchConfig};
 use crate::control::{ControlError, ControlHandler, ControlServer};
 use crate::fdb::{Fdb, PortId};
 use crate::forward::{Forwarder, Shared};
-use crate::port::{bind_server_socket, serve_vhost_port, Port, PortBackend, PortError, UplinkPort, VhostPort, Waker};
+use crate::port::{
+    bind_server_socket, serve_vhost_port, Port, PortBackend, PortError, UplinkPort, VhostPort,
+    Waker,
+};
 use crate::uplink::{Uplink, UplinkError};
 
 /// Errors starting the switch.
@@ -108,7 +111,10 @@ impl Switch {
         let wakers = (0..nthreads)
             .map(|_| Waker::new().map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| SwitchError::Resource { what: "eventfd".into(), source })?;
+            .map_err(|source| SwitchError::Resource {
+                what: "eventfd".into(),
+                source,
+            })?;
         let max_frame = config.max_frame_len();
 
         // Create every socket and open every uplink before starting any thread.
@@ -156,21 +162,26 @@ impl Switch {
                 counters: PortCounters::default(),
                 owner: 0,
                 waker: wakers[0].clone(),
-                backend: PortBackend::Uplink(UplinkPort {
+                backend: PortBackend::Uplink(Box::new(UplinkPort {
                     sock: Mutex::new(uplink),
                     ifname: uc.ifname.clone(),
-                }),
+                })),
             }));
         }
 
         let shared = Arc::new(Shared {
             ports,
-            fdb: Arc::new(Fdb::new(config.switch.fdb_capacity, config.switch.fdb_aging_secs)),
+            fdb: Arc::new(Fdb::new(
+                config.switch.fdb_capacity,
+                config.switch.fdb_aging_secs,
+            )),
             max_frame,
             shutdown: AtomicBool::new(false),
             epoch: Instant::now(),
         });
-        let state = Arc::new(State { shared: shared.clone() });
+        let state = Arc::new(State {
+            shared: shared.clone(),
+        });
         let mut switch = Switch {
             state,
             threads: Vec::new(),
@@ -189,14 +200,21 @@ impl Switch {
                     if let Some(cpu) = cpu {
                         match crate::sys::pin_current_thread(cpu) {
                             Ok(()) => log::info!("forwarding thread {i} pinned to CPU {cpu}"),
-                            Err(e) => log::warn!("forwarding thread {i}: cannot pin to CPU {cpu}: {e}"),
+                            Err(e) => {
+                                log::warn!("forwarding thread {i}: cannot pin to CPU {cpu}: {e}")
+                            }
                         }
                     }
                     fwd.run();
                 });
             switch.spawned(t, "forwarding thread")?;
         }
-        for (port, listener) in shared.ports.iter().filter(|p| p.vhost().is_some()).zip(listeners) {
+        for (port, listener) in shared
+            .ports
+            .iter()
+            .filter(|p| p.vhost().is_some())
+            .zip(listeners)
+        {
             let (port, fdb) = (port.clone(), shared.fdb.clone());
             let t = std::thread::Builder::new()
                 .name(format!("port-{}", port.name))
@@ -205,17 +223,24 @@ impl Switch {
         }
         let aging = {
             let shared = shared.clone();
-            std::thread::Builder::new().name("fdb-aging".into()).spawn(move || {
-                // Expired entries are already ignored by lookups; this frees their slots.
-                while !shared.shutdown.load(Ordering::Relaxed) {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    shared.fdb.age(shared.now_secs());
-                }
-            })
+            std::thread::Builder::new()
+                .name("fdb-aging".into())
+                .spawn(move || {
+                    // Expired entries are already ignored by lookups; this frees their slots.
+                    while !shared.shutdown.load(Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        shared.fdb.age(shared.now_secs());
+                    }
+                })
         };
         match aging {
             Ok(t) => *switch.housekeeping.lock().map_err(|_| poisoned())? = Some(t),
-            Err(source) => return Err(SwitchError::Resource { what: "fdb aging thread".into(), source }),
+            Err(source) => {
+                return Err(SwitchError::Resource {
+                    what: "fdb aging thread".into(),
+                    source,
+                })
+            }
         }
         if let Some(path) = &config.switch.control {
             let handler: Arc<dyn ControlHandler> = switch.state.clone();
@@ -224,13 +249,20 @@ impl Switch {
         Ok(switch)
     }
 
-    fn spawned(&mut self, t: std::io::Result<JoinHandle<()>>, what: &str) -> Result<(), SwitchError> {
+    fn spawned(
+        &mut self,
+        t: std::io::Result<JoinHandle<()>>,
+        what: &str,
+    ) -> Result<(), SwitchError> {
         match t {
             Ok(t) => {
                 self.threads.push(t);
                 Ok(())
             }
-            Err(source) => Err(SwitchError::Resource { what: what.into(), source }),
+            Err(source) => Err(SwitchError::Resource {
+                what: what.into(),
+                source,
+            }),
         }
     }
 

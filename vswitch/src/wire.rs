@@ -153,7 +153,13 @@ mod tests {
         let m: MacAddr = "52:54:00:AB:cd:0f".parse().unwrap();
         assert_eq!(m.to_string(), "52:54:00:ab:cd:0f");
         assert_eq!(MacAddr::from_u64(m.to_u64()), m);
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "5:54:00:ab:cd:0f", "zz:54:00:ab:cd:0f"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:11",
+            "5:54:00:ab:cd:0f",
+            "zz:54:00:ab:cd:0f",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad} accepted");
         }
     }

@@ -1,0 +1,185 @@
+//! Micro-benchmarks of the switch's per-packet costs: FDB operations and one
+//! forwarding batch between two in-process "guests" (real vrings over real guest
+//! memory, driven through the same `Forwarder::poll_vm_port` the threads run).
+//!
+//! Run: `cargo bench -p vswitch --bench forward`
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation, missing_docs)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use vhost_user_backend::VringT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
+use vswitch::api::PortCounters;
+use vswitch::fdb::Fdb;
+use vswitch::forward::{Forwarder, Shared, VNET_HDR_LEN};
+use vswitch::port::{Attached, Port, PortBackend, VhostPort, Waker, OFFERED_FEATURES};
+use vswitch::ring::{GuestMem, Vring};
+use vswitch::MacAddr;
+
+const BASE: u64 = 0x10_0000;
+const QSIZE: u16 = 256;
+const BUF: u64 = 2048;
+const BATCH: u16 = 32;
+
+/// One simulated guest: memory, an RX and a TX ring with all descriptors preset,
+/// and a driver that only bumps avail indices (buffers are reused).
+struct SimGuest {
+    mem: GuestMemoryAtomic<GuestMem>,
+    rx: Vring,
+    tx: Vring,
+    tx_avail: u16,
+    rx_avail: u16,
+}
+
+impl SimGuest {
+    fn new(mac: MacAddr, dst: MacAddr, frame_len: usize) -> Self {
+        let gm = GuestMem::from_ranges(&[(GuestAddress(BASE), 16 << 20)]).unwrap();
+        let rings = [(0x0u64, 0x800000u64, 2u16), (0x10000, 0x100000, 0)]; // (ring off, buf off, flags)
+        let mut frame = vec![0u8; VNET_HDR_LEN + frame_len];
+        frame[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&dst.0);
+        frame[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&mac.0);
+        frame[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x08, 0x00]);
+        for (ring_off, buf_off, flags) in rings {
+            let desc = BASE + ring_off;
+            for i in 0..u64::from(QSIZE) {
+                let addr = BASE + buf_off + i * BUF;
+                let len = if flags == 2 {
+                    BUF as u32
+                } else {
+                    frame.len() as u32
+                };
+                let d = desc + 16 * i;
+                gm.write_obj(addr, GuestAddress(d)).unwrap();
+                gm.write_obj(len, GuestAddress(d + 8)).unwrap();
+                gm.write_obj(flags, GuestAddress(d + 12)).unwrap();
+                gm.write_obj(i as u16, GuestAddress(desc + 0x4000 + 4 + 2 * i))
+                    .unwrap();
+                if flags == 0 {
+                    gm.write_slice(&frame, GuestAddress(addr)).unwrap();
+                }
+            }
+        }
+        let mem = GuestMemoryAtomic::new(gm);
+        let mk = |off: u64| {
+            let v = Vring::new(mem.clone(), QSIZE).unwrap();
+            v.set_queue_size(QSIZE);
+            v.set_queue_info(BASE + off, BASE + off + 0x4000, BASE + off + 0x8000)
+                .unwrap();
+            v.set_queue_ready(true);
+            v.set_enabled(true);
+            v
+        };
+        SimGuest {
+            rx: mk(0),
+            tx: mk(0x10000),
+            mem,
+            tx_avail: 0,
+            rx_avail: 0,
+        }
+    }
+
+    fn post(&mut self, tx: u16, rx: u16) {
+        let m = self.mem.memory();
+        self.tx_avail = self.tx_avail.wrapping_add(tx);
+        self.rx_avail = self.rx_avail.wrapping_add(rx);
+        m.write_obj(self.tx_avail, GuestAddress(BASE + 0x10000 + 0x4000 + 2))
+            .unwrap();
+        m.write_obj(self.rx_avail, GuestAddress(BASE + 0x4000 + 2))
+            .unwrap();
+    }
+}
+
+use vm_memory::GuestAddressSpace;
+
+fn port(id: u16, g: &SimGuest, waker: &Arc<Waker>) -> Arc<Port> {
+    let vp = VhostPort::new(format!("/nonexistent/{id}.sock").into());
+    vp.attached.store(Some(Arc::new(Attached {
+        rx: g.rx.clone(),
+        tx: g.tx.clone(),
+        mem: g.mem.clone(),
+        features: Arc::new(AtomicU64::new(OFFERED_FEATURES & !(1 << 29))),
+    })));
+    Arc::new(Port {
+        id,
+        name: format!("p{id}"),
+        vlan: 1,
+        counters: PortCounters::default(),
+        owner: 0,
+        waker: waker.clone(),
+        backend: PortBackend::Vhost(vp),
+    })
+}
+
+fn bench_forward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forward_batch32");
+    for frame_len in [60usize, 1514] {
+        let (ma, mb) = (MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2]));
+        let mut a = SimGuest::new(ma, mb, frame_len);
+        let mut b = SimGuest::new(mb, ma, frame_len);
+        let waker = Arc::new(Waker::new().unwrap());
+        let fdb = Arc::new(Fdb::new(1024, 300));
+        fdb.learn(1, mb, 1, 0);
+        let shared = Arc::new(Shared {
+            ports: vec![port(0, &a, &waker), port(1, &b, &waker)],
+            fdb,
+            max_frame: 1518,
+            shutdown: AtomicBool::new(false),
+            epoch: Instant::now(),
+        });
+        let mut fwd = Forwarder::new(0, shared.clone(), waker);
+        group.throughput(Throughput::Elements(u64::from(BATCH)));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(frame_len + 4),
+            &frame_len,
+            |bn, _| {
+                bn.iter(|| {
+                    a.post(BATCH, 0);
+                    b.post(0, BATCH);
+                    let n = fwd.poll_vm_port(0, 0);
+                    assert_eq!(n, usize::from(BATCH));
+                })
+            },
+        );
+        let s = shared.ports[1].counters.snapshot("b");
+        assert_eq!(
+            s.drops.values().sum::<u64>(),
+            0,
+            "drops in benchmark: {:?}",
+            s.drops
+        );
+        assert!(s.tx_packets > 0);
+    }
+    group.finish();
+}
+
+fn bench_fdb(c: &mut Criterion) {
+    let fdb = Fdb::new(8192, 300);
+    let macs: Vec<MacAddr> = (0..1024u32)
+        .map(|i| MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
+        .collect();
+    for (i, m) in macs.iter().enumerate() {
+        fdb.learn(1, *m, (i % 16) as u16, 0);
+    }
+    let mut i = 0usize;
+    c.bench_function("fdb_lookup_hit_1k_entries", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            std::hint::black_box(fdb.lookup(1, macs[i], 0))
+        })
+    });
+    c.bench_function("fdb_learn_unchanged", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            std::hint::black_box(fdb.learn(1, macs[i], (i % 16) as u16, 0))
+        })
+    });
+    c.bench_function("fdb_lookup_miss", |b| {
+        b.iter(|| std::hint::black_box(fdb.lookup(7, macs[3], 0)))
+    });
+}
+
+criterion_group!(benches, bench_fdb, bench_forward);
+criterion_main!(benches);

@@ -1,0 +1,101 @@
+#!/bin/bash
+# Reference DUT: Open vSwitch 3.1 with DPDK 22.11 (Debian openvswitch-switch-dpdk), userspace
+# (netdev) datapath, one PMD thread, two vhost-user ports.
+#   OVS_PORT_TYPE=dpdkvhostuserclient (default): OVS connects to $SOCK0/$SOCK1 (vhost-server-path),
+#                 the generator listens (virtio-user server=1)  -> GEN_ROLE=server
+#   OVS_PORT_TYPE=dpdkvhostuser: OVS listens on $OVS_DIR/vhu0, $OVS_DIR/vhu1 -> generator connects (client)
+#   OVS_MODE=normal (default): MAC-learning bridge (NORMAL action)
+#   OVS_MODE=flows: two OpenFlow rules, in_port=1 -> output:2 and in_port=2 -> output:1
+# Pinning: PMD thread on CPU $DUT_CPU (pmd-cpu-mask), DPDK main/non-PMD threads on CPU $DUT_MAIN_CPU
+#          (dpdk-lcore-mask); generator forwarding lcore on CPU 0.
+# OVS runs from a private database/run dir ($RUN_DIR/ovs); no system service is touched.
+set -u
+# shellcheck source=env.sh
+. "$(dirname "$0")/env.sh"
+# shellcheck source=lib.sh
+. "$BENCH_DIR/lib.sh"
+
+OVS_MODE=${OVS_MODE:-normal}
+OVS_PORT_TYPE=${OVS_PORT_TYPE:-dpdkvhostuserclient}
+OVS_SOCKET_MEM=${OVS_SOCKET_MEM:-512}
+OVS_NOHUGE=${OVS_NOHUGE:-0}   # 1: OVS EAL with --no-huge -m ${OVS_NOHUGE_MB:-2048} --legacy-mem (4 KiB pages), no dpdk-socket-mem
+OVS_DIR=$RUN_DIR/ovs
+DUT_NAME=${DUT_NAME:-ovs-dpdk-$OVS_MODE}
+CSV=${CSV:-$RES_DIR/$DUT_NAME.csv}
+command -v ovs-vswitchd > /dev/null || die "openvswitch-switch-dpdk not installed (bench/setup.sh)"
+readlink -f "$(command -v ovs-vswitchd)" | grep -q dpdk || die "ovs-vswitchd is not the DPDK build: update-alternatives --set ovs-vswitchd /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
+[ "$OVS_NOHUGE" = 1 ] || check_hugepages
+csv_init "$CSV"
+
+export OVS_RUNDIR=$OVS_DIR OVS_LOGDIR=$OVS_DIR OVS_DBDIR=$OVS_DIR
+DB="unix:$OVS_DIR/db.sock"
+VSCTL="ovs-vsctl --db=$DB --timeout=30"
+APPCTL="ovs-appctl -t $OVS_DIR/ovs-vswitchd.ctl"
+read -r -a sizes <<< "$SIZES"
+TMO=$(( ${#sizes[@]} * RUNS * (DURATION + WARMUP + 40) + 180 ))
+
+cleanup() {
+    [ -S "$OVS_DIR/ovs-vswitchd.ctl" ] && cp "$OVS_DIR/ovs-vswitchd.log" "$LOG_DIR/ovs-vswitchd-$DUT_NAME.log" 2>/dev/null
+    stop_bg ovs-vswitchd
+    stop_bg ovsdb-server
+    rm -rf "/var/run/dpdk/$OVS_PREFIX"     # EAL runtime dir of our own prefix
+}
+trap cleanup EXIT INT TERM
+
+rm -rf "$OVS_DIR"; mkdir -p "$OVS_DIR"
+ovsdb-tool create "$OVS_DIR/conf.db" /usr/share/openvswitch/vswitch.ovsschema || die "ovsdb-tool create failed"
+start_bg ovsdb-server "$TMO" ovsdb-server "$OVS_DIR/conf.db" --remote="punix:$OVS_DIR/db.sock" \
+    --unixctl="$OVS_DIR/ovsdb-server.ctl" --pidfile="$OVS_DIR/ovsdb-server.pid" --log-file="$OVS_DIR/ovsdb-server.log"
+wait_for_sockets 20 "$OVS_DIR/db.sock" || die "ovsdb-server did not start"
+$VSCTL --no-wait init
+if [ "$OVS_NOHUGE" = 1 ]; then mem=(); extra="--no-pci --file-prefix=$OVS_PREFIX --no-huge -m ${OVS_NOHUGE_MB:-2048} --legacy-mem"  # OVS adds --in-memory unless --legacy-mem is given; EAL rejects --no-huge with --in-memory
+else mem=(other_config:dpdk-socket-mem="$OVS_SOCKET_MEM"); extra="--no-pci --file-prefix=$OVS_PREFIX"; fi
+$VSCTL --no-wait set Open_vSwitch . other_config:dpdk-init=true \
+    other_config:dpdk-lcore-mask="$(printf 0x%x $((1 << DUT_MAIN_CPU)))" \
+    other_config:pmd-cpu-mask="$(printf 0x%x $((1 << DUT_CPU)))" \
+    "${mem[@]}" "other_config:dpdk-extra=$extra"
+start_bg ovs-vswitchd "$TMO" ovs-vswitchd "$DB" --unixctl="$OVS_DIR/ovs-vswitchd.ctl" \
+    --pidfile="$OVS_DIR/ovs-vswitchd.pid" --log-file="$OVS_DIR/ovs-vswitchd.log"
+for _ in $(seq 1 300); do
+    [ "$($VSCTL get Open_vSwitch . dpdk_initialized 2>/dev/null)" = true ] && break; sleep 0.1
+done
+[ "$($VSCTL get Open_vSwitch . dpdk_initialized 2>/dev/null)" = true ] || { tail -30 "$OVS_DIR/ovs-vswitchd.log" >&2; die "OVS DPDK init failed"; }
+log "OVS: $($VSCTL get Open_vSwitch . dpdk_version)"
+
+$VSCTL add-br br0 -- set bridge br0 datapath_type=netdev
+if [ "$OVS_PORT_TYPE" = dpdkvhostuserclient ]; then
+    GEN_ROLE=server
+    $VSCTL add-port br0 vhu0 -- set Interface vhu0 type=dpdkvhostuserclient options:vhost-server-path="$SOCK0" ofport_request=1
+    $VSCTL add-port br0 vhu1 -- set Interface vhu1 type=dpdkvhostuserclient options:vhost-server-path="$SOCK1" ofport_request=2
+else
+    GEN_ROLE=client
+    $VSCTL add-port br0 vhu0 -- set Interface vhu0 type=dpdkvhostuser ofport_request=1
+    $VSCTL add-port br0 vhu1 -- set Interface vhu1 type=dpdkvhostuser ofport_request=2
+    SOCK0=$OVS_DIR/vhu0; SOCK1=$OVS_DIR/vhu1
+    wait_for_sockets 20 "$SOCK0" "$SOCK1" || die "OVS did not create $SOCK0 $SOCK1"
+fi
+if [ "$OVS_MODE" = flows ]; then
+    ovs-ofctl del-flows br0
+    ovs-ofctl add-flow br0 "in_port=1,actions=output:2"
+    ovs-ofctl add-flow br0 "in_port=2,actions=output:1"
+fi
+ovs-ofctl dump-flows br0 --no-stats >&2
+export GEN_ROLE SOCK0 SOCK1
+# DUT-side metrics over the same window: PMD busy share and processing cycles per packet
+export DUT_INFO_FILE=$OVS_DIR/pmd-info.txt
+export GEN_HOOK_START="$APPCTL dpif-netdev/pmd-stats-clear"
+export GEN_HOOK_END="$APPCTL dpif-netdev/pmd-stats-show | awk '/main thread/{exit} /processing cycles:/{b=\$4; gsub(/[()]/, \"\", b)} /avg processing cycles per packet:/{c=\$6} /emc hits:/{e=\$3} /simple match hits:/{sm=\$4} /megaflow hits:/{m=\$3} /packets received:/{r=\$3} END{if (r==0) r=1; printf \"pmd_busy=%s cyc/pkt=%s hits(emc/simple/megaflow)=%.0f/%.0f/%.0f%%\", b, c, 100*e/r, 100*sm/r, 100*m/r}' > $DUT_INFO_FILE"
+
+for size in "${sizes[@]}"; do
+    for run in $(seq 1 "$RUNS"); do
+        gen_run "$DUT_NAME" "$size" "$(( ${RUN_OFFSET:-0} + run ))" "$CSV" > /dev/null
+        print_last_row "$CSV"
+    done
+done
+$VSCTL --columns=name,statistics list Interface vhu0 vhu1 > "$LOG_DIR/ovs-if-stats-$DUT_NAME.txt" 2>&1
+cleanup
+trap - EXIT INT TERM
+echo "== $CSV"
+summarize "$CSV"
+echo "-- clean runs only (host_lost_pct <= $QUIET_MAX_LOST):"
+summarize "$CSV" clean

@@ -88,7 +88,7 @@ struct TxFrame {
 /// The bytes of one frame: in a guest's memory or in a host buffer.
 #[derive(Clone, Copy)]
 enum FrameBytes<'a, 'm> {
-    Guest(&'a [Option<Slice<'m>>]),
+    Guest(&'a [Slice<'m>]),
     Host(&'a [u8]),
 }
 
@@ -102,7 +102,7 @@ impl FrameBytes<'_, '_> {
             }
             FrameBytes::Guest(segs) => {
                 let mut done = 0;
-                for s in segs.iter().flatten() {
+                for s in segs.iter() {
                     if n == 0 {
                         break;
                     }
@@ -138,7 +138,7 @@ impl FrameBytes<'_, '_> {
             }
             FrameBytes::Guest(segs) => {
                 let mut done = 0;
-                for s in segs.iter().flatten() {
+                for s in segs.iter() {
                     if done == buf.len() {
                         break;
                     }
@@ -378,19 +378,21 @@ impl Forwarder {
                 return 0;
             }
         };
-        if std::mem::take(&mut self.armed[i]) {
-            let _ = ring.disable_notifications();
-        }
         let avail = match ring.pending() {
             Ok(0) => return 0,
-            Ok(n) => usize::from(n).min(BATCH),
+            Ok(n) => {
+                // Polling: the guest need not kick (each kick wakes a thread on our CPU).
+                if std::mem::take(&mut self.armed[i]) || !ring.notifications_disabled() {
+                    let _ = ring.disable_notifications();
+                }
+                usize::from(n).min(BATCH)
+            }
             Err(e) => {
                 stop_broken_queue(&src, tx.get_queue_mut(), e);
                 return 0;
             }
         };
 
-        ring.prefetch_pending(avail);
         // Phase 1: pop, validate, classify.
         let mut segs = Segments::default();
         let mut frames = [TxFrame {
@@ -743,12 +745,13 @@ fn deliver_to_guest<'a, 'm: 'a>(
             return d;
         }
     };
-    match ring.pending() {
-        Ok(n) => ring.prefetch_pending(usize::from(n).min(BATCH)),
-        Err(e) => {
-            stop_broken_queue(port, rx.get_queue_mut(), e);
-            return d;
-        }
+    // RX kicks are never needed: buffers are looked for when a frame arrives.
+    if !ring.notifications_disabled() {
+        let _ = ring.disable_notifications();
+    }
+    if let Err(e) = ring.pending() {
+        stop_broken_queue(port, rx.get_queue_mut(), e);
+        return d;
     }
     let mrg = att.mrg_rxbuf();
     let mut segs = Segments::default();

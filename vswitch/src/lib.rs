@@ -20,6 +20,7 @@ pub mod fdb;
 pub mod forward;
 pub(crate) mod logging;
 pub mod port;
+pub mod relay;
 pub mod ring;
 pub mod switch;
 pub(crate) mod sys;

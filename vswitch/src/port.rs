@@ -390,25 +390,31 @@ impl VhostUserBackend for NetBackend {
 /// Runs the control plane of a VM port until shutdown: accept, serve, detach, repeat.
 pub fn serve_vhost_port(port: Arc<Port>, listener: UnixListener, fdb: Arc<crate::fdb::Fdb>) {
     let Some(vp) = port.vhost() else { return };
-    let mut listener = Listener::from(listener);
-    if let Err(e) = listener.set_nonblocking(true) {
-        log::error!("port {}: cannot make socket nonblocking: {e}", port.name);
-        return;
-    }
-    let epoll = match Epoll::new().and_then(|ep| {
-        ep.ctl(
-            ControlOperation::Add,
-            listener.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 0),
-        )
-        .map(|_| ep)
-    }) {
-        Ok(ep) => ep,
+    let inner = match InnerSocket::new(&port) {
+        Ok(i) => i,
         Err(e) => {
-            log::error!("port {}: epoll setup failed: {e}", port.name);
+            log::error!("port {}: cannot create the daemon's socket: {e}", port.name);
             return;
         }
     };
+    let epoll = match listener
+        .set_nonblocking(true)
+        .and_then(|_| Epoll::new())
+        .and_then(|ep| {
+            ep.ctl(
+                ControlOperation::Add,
+                listener.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .map(|_| ep)
+        }) {
+        Ok(ep) => ep,
+        Err(e) => {
+            log::error!("port {}: listener setup failed: {e}", port.name);
+            return;
+        }
+    };
+    let mut inner = inner;
     let mut events = [EpollEvent::default(); 1];
     while !vp.shutdown.load(Ordering::SeqCst) {
         match epoll.wait(200, &mut events) {
@@ -421,20 +427,69 @@ pub fn serve_vhost_port(port: Arc<Port>, listener: UnixListener, fdb: Arc<crate:
                 continue;
             }
         }
-        if let Err(e) = serve_connection(&port, vp, &mut listener) {
+        let frontend = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                warn_limited!("port {}: accept failed: {e}", port.name);
+                continue;
+            }
+        };
+        if let Err(e) = serve_connection(&port, vp, frontend, &mut inner) {
             port.counters.drop(DropReason::ProtocolError, 1);
-            warn_limited!("port {}: connection ended with an error: {e}", port.name);
+            warn_limited!("port {}: connection closed: {e}", port.name);
         }
         // Frames for MACs behind the old connection must flood until relearned.
         fdb.flush_port(port.id);
     }
 }
 
+/// The daemon's end of the relay: a socket in a private (0700) directory that only
+/// the port's own thread connects to.
+struct InnerSocket {
+    dir: PathBuf,
+    path: PathBuf,
+    listener: Listener,
+}
+
+impl InnerSocket {
+    fn new(port: &Port) -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        // Unique per process and port instance: several switches may share a process.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "accelnet-{}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            port.name
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("daemon.sock");
+        let listener = Listener::from(UnixListener::bind(&path)?);
+        Ok(InnerSocket {
+            dir,
+            path,
+            listener,
+        })
+    }
+}
+
+impl Drop for InnerSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn serve_connection(
     port: &Arc<Port>,
     vp: &VhostPort,
-    listener: &mut Listener,
+    frontend: UnixStream,
+    inner: &mut InnerSocket,
 ) -> Result<(), String> {
+    frontend
+        .set_nonblocking(false)
+        .map_err(|e| format!("socket setup: {e}"))?;
     let (exit_c, exit_n) =
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(|e| e.to_string())?;
     let exit = Arc::new((exit_c, exit_n));
@@ -451,11 +506,28 @@ fn serve_connection(
         backend.mem.clone(),
     )
     .map_err(|e| format!("cannot create daemon: {e}"))?;
+    let daemon_side = UnixStream::connect(&inner.path).map_err(|e| format!("relay: {e}"))?;
     daemon
-        .start(listener)
-        .map_err(|e| format!("accept failed: {e}"))?;
+        .start(&mut inner.listener)
+        .map_err(|e| format!("daemon accept failed: {e}"))?;
     vp.connections.fetch_add(1, Ordering::Relaxed);
     log::info!("port {}: frontend connected", port.name);
+    let clones = frontend
+        .try_clone()
+        .and_then(|f| Ok((f, daemon_side.try_clone()?)));
+    let (fe2, ds2) = clones.map_err(|e| format!("relay: {e}"))?;
+    let up = std::thread::Builder::new()
+        .name(format!("relay-{}", port.name))
+        .spawn(move || crate::relay::frontend_to_daemon(&frontend, &daemon_side));
+    let down = std::thread::Builder::new()
+        .name(format!("relay-{}-r", port.name))
+        .spawn({
+            let (fe, ds) = (
+                fe2.try_clone().map_err(|e| format!("relay: {e}"))?,
+                ds2.try_clone().map_err(|e| format!("relay: {e}"))?,
+            );
+            move || crate::relay::daemon_to_frontend(&ds, &fe)
+        });
     if let Ok(mut cur) = vp.current.lock() {
         *cur = daemon.shutdown_handle();
     }
@@ -468,7 +540,18 @@ fn serve_connection(
     }
     vp.detach();
     let _ = exit.1.notify();
+    // Unblock the relay threads whichever side ended first.
+    let _ = fe2.shutdown(std::net::Shutdown::Both);
+    let _ = ds2.shutdown(std::net::Shutdown::Both);
+    let relayed = match up {
+        Ok(t) => t.join().unwrap_or(Ok(())),
+        Err(e) => return Err(format!("relay thread: {e}")),
+    };
+    if let Ok(t) = down {
+        let _ = t.join();
+    }
     log::info!("port {}: frontend disconnected", port.name);
+    relayed.map_err(|e| e.to_string())?;
     match result {
         // A frontend closing its socket between messages is the normal way to leave.
         Ok(())

@@ -43,7 +43,7 @@ const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 pub const MAX_CHAIN_SEGS: usize = 64;
 /// Segments a [`Segments`] list holds: room for a batch of typical frames, and always
 /// for at least one chain of [`MAX_CHAIN_SEGS`].
-pub const SEG_CAPACITY: usize = 256;
+pub const SEG_CAPACITY: usize = 128;
 
 /// A ring laid out outside guest memory, or a corrupted index: the queue cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -59,14 +59,16 @@ pub enum RingError {
 /// A list of guest memory segments with a fixed capacity (no allocation).
 #[derive(Debug)]
 pub struct Segments<'m> {
-    segs: [Option<Slice<'m>>; SEG_CAPACITY],
+    segs: [Slice<'m>; SEG_CAPACITY],
     len: usize,
 }
 
 impl Default for Segments<'_> {
     fn default() -> Self {
+        // Unused entries hold an empty slice; only `segs[..len]` is ever read.
+        let empty: &'static mut [u8] = &mut [];
         Segments {
-            segs: [None; SEG_CAPACITY],
+            segs: [VolatileSlice::from(empty); SEG_CAPACITY],
             len: 0,
         }
     }
@@ -83,14 +85,14 @@ impl<'m> Segments<'m> {
             .segs
             .get_mut(self.len)
             .ok_or(DropReason::BadDescriptor)?;
-        *slot = Some(s);
+        *slot = s;
         self.len += 1;
         Ok(())
     }
 
     /// The segments in order.
     pub fn iter(&self) -> impl Iterator<Item = Slice<'m>> + '_ {
-        self.segs[..self.len].iter().flatten().copied()
+        self.segs[..self.len].iter().copied()
     }
 
     /// Number of segments.
@@ -114,7 +116,7 @@ impl<'m> Segments<'m> {
     }
 
     /// The segments `start..end`.
-    pub fn range(&self, start: usize, end: usize) -> &[Option<Slice<'m>>] {
+    pub fn range(&self, start: usize, end: usize) -> &[Slice<'m>] {
         self.segs.get(start..end.min(self.len)).unwrap_or(&[])
     }
 
@@ -123,17 +125,22 @@ impl<'m> Segments<'m> {
     pub fn skip_front_from(&mut self, start: usize, mut n: usize) {
         let mut first = start;
         while n > 0 && first < self.len {
-            let Some(s) = self.segs[first] else { break };
+            let s = self.segs[first];
             if s.len() <= n {
                 n -= s.len();
                 first += 1;
             } else {
-                self.segs[first] = s.offset(n).ok();
+                match s.offset(n) {
+                    Ok(rest) => self.segs[first] = rest,
+                    Err(_) => first += 1,
+                }
                 n = 0;
             }
         }
-        self.segs.copy_within(first..self.len, start);
-        self.len -= first - start;
+        if first > start {
+            self.segs.copy_within(first..self.len, start);
+            self.len -= first - start;
+        }
     }
 
     /// Drops the first `n` bytes of the whole list.
@@ -144,7 +151,7 @@ impl<'m> Segments<'m> {
     /// Copies bytes from `offset` of segments `start..end` into `buf`; returns how many.
     pub fn read_range(&self, start: usize, end: usize, mut offset: usize, buf: &mut [u8]) -> usize {
         let mut done = 0;
-        for s in self.range(start, end).iter().flatten() {
+        for s in self.range(start, end) {
             if done == buf.len() {
                 break;
             }
@@ -167,7 +174,7 @@ impl<'m> Segments<'m> {
     where
         [u8; N]: vm_memory::ByteValued,
     {
-        if let Some(Some(s)) = self.segs.get(start).filter(|_| start < self.len) {
+        if let Some(s) = self.segs.get(start).filter(|_| start < self.len) {
             if let Ok(r) = s.get_ref::<[u8; N]>(0) {
                 return (r.load(), N);
             }
@@ -210,7 +217,7 @@ impl<'a, 'm> SegWriter<'a, 'm> {
 
     fn current(&mut self) -> Option<Slice<'m>> {
         while self.idx < self.segs.len {
-            let s = self.segs.segs[self.idx]?;
+            let s = self.segs.segs[self.idx];
             if self.off < s.len() {
                 return s.offset(self.off).ok();
             }
@@ -227,7 +234,7 @@ impl<'a, 'm> SegWriter<'a, 'm> {
         [u8; N]: vm_memory::ByteValued,
     {
         if self.written == 0 {
-            if let Some(Some(s)) = self.segs.segs.first().filter(|_| self.segs.len > 0) {
+            if let Some(s) = self.segs.segs.first().filter(|_| self.segs.len > 0) {
                 if let Ok(r) = s.get_ref::<[u8; N]>(0) {
                     r.store(hdr);
                     self.off = N;
@@ -347,29 +354,6 @@ impl<'m> SplitRing<'m> {
         }
         self.avail_idx = idx;
         Ok(n)
-    }
-
-    /// Prefetches the first cache line of the buffers of the next `n` available chains,
-    /// so the copies that follow do not each wait for memory. Only a hint: nothing is
-    /// popped and bad entries are simply skipped.
-    pub fn prefetch_pending(&self, n: usize) {
-        let avail = usize::from(self.avail_idx.wrapping_sub(self.next_avail)).min(n);
-        for i in 0..avail {
-            let slot = usize::from(self.next_avail.wrapping_add(i as u16) % self.size);
-            let Ok(head) = self.avail.load::<u16>(4 + 2 * slot, Ordering::Relaxed) else {
-                continue;
-            };
-            if head >= self.size {
-                continue;
-            }
-            let Ok(d) = self.desc.get_ref::<Descriptor>(usize::from(head) * 16) else {
-                continue;
-            };
-            let d = d.load();
-            if let Some(s) = self.slice_in_one_region(d.addr(), (d.len() as usize).clamp(1, 64)) {
-                crate::sys::prefetch(s.ptr_guard().as_ptr());
-            }
-        }
     }
 
     /// Takes the next available head, if [`SplitRing::pending`] saw one.
@@ -543,6 +527,16 @@ impl<'m> SplitRing<'m> {
         };
         fence(Ordering::SeqCst);
         r.map_err(|_| RingError::Layout)
+    }
+
+    /// Whether the guest is currently told not to kick (always true with EVENT_IDX
+    /// while the device does not move `avail_event`).
+    pub fn notifications_disabled(&self) -> bool {
+        self.event_idx
+            || self
+                .used
+                .load::<u16>(0, Ordering::Relaxed)
+                .is_ok_and(|f| f & VRING_USED_F_NO_NOTIFY != 0)
     }
 
     /// Tells the guest not to kick while the device polls.

@@ -3,6 +3,7 @@
 
 pub mod memfd;
 pub mod packet;
+pub mod scm;
 
 use std::io;
 
@@ -24,18 +25,4 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Hints the CPU to bring the cache line at `p` in: a guest buffer about to be read
-/// or written. Never faults and never reads through `p`, so any address is fine.
-#[inline(always)]
-pub fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is an SSE hint instruction (SSE is baseline on x86_64); it
-    // does not dereference the pointer and cannot fault, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }

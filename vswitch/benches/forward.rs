@@ -22,7 +22,7 @@ use vswitch::MacAddr;
 const BASE: u64 = 0x10_0000;
 const QSIZE: u16 = 256;
 const BUF: u64 = 2048;
-const BATCH: u16 = 32;
+const BATCH: u16 = 64;
 
 /// One simulated guest: memory, an RX and a TX ring with all descriptors preset,
 /// and a driver that only bumps avail indices (buffers are reused).
@@ -114,7 +114,7 @@ fn port(id: u16, g: &SimGuest, waker: &Arc<Waker>) -> Arc<Port> {
 }
 
 fn bench_forward(c: &mut Criterion) {
-    let mut group = c.benchmark_group("forward_batch32");
+    let mut group = c.benchmark_group("forward_batch64");
     for frame_len in [60usize, 1514] {
         let (ma, mb) = (MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2]));
         let mut a = SimGuest::new(ma, mb, frame_len);

@@ -32,7 +32,7 @@ use crate::ring::{RingError, SegWriter, Segments, Slice, SplitRing, MAX_CHAIN_SE
 use crate::wire::{vlan_tag_bytes, L2Header, ETH_HLEN, VLAN_TAG_LEN};
 
 /// Most frames taken from one ring per round.
-pub const BATCH: usize = 32;
+pub const BATCH: usize = 64;
 /// virtio-net header length with VERSION_1 (`virtio_net_hdr_v1`).
 pub const VNET_HDR_LEN: usize = 12;
 /// Most receive buffers one frame may use with MRG_RXBUF.

@@ -43,7 +43,7 @@ const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 pub const MAX_CHAIN_SEGS: usize = 64;
 /// Segments a [`Segments`] list holds: room for a batch of typical frames, and always
 /// for at least one chain of [`MAX_CHAIN_SEGS`].
-pub const SEG_CAPACITY: usize = 128;
+pub const SEG_CAPACITY: usize = 192;
 
 /// A ring laid out outside guest memory, or a corrupted index: the queue cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

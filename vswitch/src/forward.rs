@@ -354,9 +354,26 @@ impl Forwarder {
             if let Err(e) = events.run_with_timeout(SLEEP_MS) {
                 log::error!("forwarding thread {}: wait failed: {e:?}", self.index);
             }
+            self.clear_uplink_errors();
         }
         self.waker.set_sleeping(false);
         self.waker.consume();
+    }
+
+    /// Reads pending socket errors of the uplinks (e.g. ENETDOWN when the interface
+    /// goes down): left pending, they keep epoll reporting EPOLLERR and the thread
+    /// would never sleep.
+    fn clear_uplink_errors(&self) {
+        for id in &self.uplinks {
+            let port = &self.shared.ports[usize::from(*id)];
+            if let PortBackend::Uplink(u) = &port.backend {
+                if let Ok(sock) = u.sock.lock() {
+                    if let Ok(Some(e)) = sock.take_error() {
+                        warn_limited!("uplink {}: {e}", port.name);
+                    }
+                }
+            }
+        }
     }
 
     /// Forwards one batch from VM port number `i` of this thread (in id order) and
@@ -720,7 +737,7 @@ impl Forwarder {
 fn stop_broken_queue(port: &Port, q: &mut virtio_queue::Queue, e: RingError) {
     q.set_ready(false);
     port.counters.drop(DropReason::RingError, 1);
-    log::warn!("port {}: queue stopped: {e}", port.name);
+    warn_limited!("port {}: queue stopped: {e}", port.name);
 }
 
 /// Copies frames into a guest's RX ring (taking its lock once) and interrupts it once.

@@ -11,4 +11,10 @@ scripts/install-deps.sh
 lab/build-guest.sh
 echo "== cargo fmt --check"; cargo fmt --all --check
 echo "== cargo clippy"; cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
-echo "== cargo test"; cargo test --workspace --all-features --locked -- --test-threads=2
+echo "== cargo test"
+log=$(mktemp); trap 'rm -f "$log"' EXIT
+rc=0
+cargo test --workspace --all-features --locked -- --test-threads=2 2>&1 | tee "$log" || rc=$?
+# One closing line for the whole run (cargo's last line is a crate's doc-test summary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$rc"

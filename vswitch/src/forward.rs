@@ -28,7 +28,7 @@ use crate::api::DropReason;
 use crate::fdb::{Fdb, PortId};
 use crate::logging::warn_limited;
 use crate::port::{Attached, Port, PortBackend, Waker};
-use crate::ring::{RingError, SegWriter, Segments, Slice, SplitRing, MAX_CHAIN_SEGS};
+use crate::ring::{gather, RingError, SegWriter, Segments, Slice, SplitRing, MAX_CHAIN_SEGS};
 use crate::wire::{vlan_tag_bytes, L2Header, ETH_HLEN, VLAN_TAG_LEN};
 
 /// Most frames taken from one ring per round.
@@ -128,7 +128,7 @@ impl FrameBytes<'_, '_> {
     }
 
     /// Copies bytes `[from, from + buf.len())` into a host buffer.
-    fn read_into(&self, mut from: usize, buf: &mut [u8]) -> usize {
+    fn read_into(&self, from: usize, buf: &mut [u8]) -> usize {
         match self {
             FrameBytes::Host(b) => {
                 let end = (from + buf.len()).min(b.len());
@@ -136,24 +136,7 @@ impl FrameBytes<'_, '_> {
                 buf[..src.len()].copy_from_slice(src);
                 src.len()
             }
-            FrameBytes::Guest(segs) => {
-                let mut done = 0;
-                for s in segs.iter() {
-                    if done == buf.len() {
-                        break;
-                    }
-                    if from >= s.len() {
-                        from -= s.len();
-                        continue;
-                    }
-                    let take = (s.len() - from).min(buf.len() - done);
-                    if let Ok(sub) = s.subslice(from, take) {
-                        done += sub.copy_to(&mut buf[done..done + take]);
-                    }
-                    from = 0;
-                }
-                done
-            }
+            FrameBytes::Guest(segs) => gather(segs, from, buf),
         }
     }
 }

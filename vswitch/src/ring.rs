@@ -149,23 +149,8 @@ impl<'m> Segments<'m> {
     }
 
     /// Copies bytes from `offset` of segments `start..end` into `buf`; returns how many.
-    pub fn read_range(&self, start: usize, end: usize, mut offset: usize, buf: &mut [u8]) -> usize {
-        let mut done = 0;
-        for s in self.range(start, end) {
-            if done == buf.len() {
-                break;
-            }
-            if offset >= s.len() {
-                offset -= s.len();
-                continue;
-            }
-            let n = (s.len() - offset).min(buf.len() - done);
-            if let Ok(sub) = s.subslice(offset, n) {
-                done += sub.copy_to(&mut buf[done..done + n]);
-            }
-            offset = 0;
-        }
-        done
+    pub fn read_range(&self, start: usize, end: usize, offset: usize, buf: &mut [u8]) -> usize {
+        gather(self.range(start, end), offset, buf)
     }
 
     /// The first `N` bytes of segments `start..`, read at once when the first segment
@@ -188,6 +173,26 @@ impl<'m> Segments<'m> {
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> usize {
         self.read_range(0, self.len, offset, buf)
     }
+}
+
+/// Copies bytes from `offset` of the concatenation of `segs` into `buf`; returns how many.
+pub fn gather(segs: &[Slice<'_>], mut offset: usize, buf: &mut [u8]) -> usize {
+    let mut done = 0;
+    for s in segs {
+        if done == buf.len() {
+            break;
+        }
+        if offset >= s.len() {
+            offset -= s.len();
+            continue;
+        }
+        let n = (s.len() - offset).min(buf.len() - done);
+        if let Ok(sub) = s.subslice(offset, n) {
+            done += sub.copy_to(&mut buf[done..done + n]);
+        }
+        offset = 0;
+    }
+    done
 }
 
 /// A writer filling guest buffers in order, across segment boundaries.

@@ -143,6 +143,25 @@ fn cli_run_without_ports_exits_1() {
     assert!(stderr(&o).contains("no ports"), "{}", stderr(&o));
 }
 
+#[test]
+fn cli_run_unusable_cpu_exits_1_and_leaves_no_socket() {
+    let dir = TempDir::new("cpu");
+    let sock = dir.0.join("p.sock");
+
+    let o = accelnet(&[
+        "switch",
+        "run",
+        "--vhost-user-server",
+        sock.to_str().unwrap(),
+        "--cpu",
+        "4095",
+    ]);
+
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("CPU 4095"), "{}", stderr(&o));
+    assert!(!sock.exists(), "socket left behind after a failed start");
+}
+
 /// Answers with canned data, or with an error for the FDB.
 struct FakeSwitch;
 

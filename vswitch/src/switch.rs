@@ -194,20 +194,39 @@ impl Switch {
         for (i, waker) in wakers.into_iter().enumerate() {
             let cpu = config.switch.cpus.get(i).copied();
             let fwd = Forwarder::new(i, shared.clone(), waker);
+            // The thread pins itself and reports back: a CPU that cannot be used is a
+            // start-up error, not a silently unpinned thread.
+            let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
             let t = std::thread::Builder::new()
                 .name(format!("fwd{i}"))
                 .spawn(move || {
-                    if let Some(cpu) = cpu {
-                        match crate::sys::pin_current_thread(cpu) {
-                            Ok(()) => log::info!("forwarding thread {i} pinned to CPU {cpu}"),
-                            Err(e) => {
-                                log::warn!("forwarding thread {i}: cannot pin to CPU {cpu}: {e}")
-                            }
-                        }
+                    let pinned = cpu.map_or(Ok(()), crate::sys::pin_current_thread);
+                    let ok = pinned.is_ok();
+                    let _ = pinned_tx.send(pinned);
+                    if ok {
+                        fwd.run();
                     }
-                    fwd.run();
                 });
             switch.spawned(t, "forwarding thread")?;
+            match pinned_rx.recv() {
+                Ok(Ok(())) => {
+                    if let Some(cpu) = cpu {
+                        log::info!("forwarding thread {i} pinned to CPU {cpu}");
+                    }
+                }
+                Ok(Err(source)) => {
+                    return Err(SwitchError::Resource {
+                        what: format!("forwarding thread {i} on CPU {}", cpu.unwrap_or(0)),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(SwitchError::Resource {
+                        what: format!("forwarding thread {i}"),
+                        source: std::io::Error::other("thread exited before starting"),
+                    })
+                }
+            }
         }
         for (port, listener) in shared
             .ports

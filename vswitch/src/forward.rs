@@ -60,7 +60,12 @@ pub struct Shared {
 impl Shared {
     /// Seconds since start, the FDB's clock.
     pub fn now_secs(&self) -> u32 {
-        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+        self.secs_at(Instant::now())
+    }
+
+    /// The FDB clock at `t`.
+    pub fn secs_at(&self, t: Instant) -> u32 {
+        u32::try_from(t.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 }
 
@@ -297,7 +302,9 @@ impl Forwarder {
         events.add_subscriber(Box::new(WakeSubscriber { fds }));
         let mut last_work = Instant::now();
         while !self.shared.shutdown.load(Ordering::Relaxed) {
-            let now = self.shared.now_secs();
+            // One clock read per round serves the FDB and the spin timer.
+            let t = Instant::now();
+            let now = self.shared.secs_at(t);
             let mut work = 0;
             for i in 0..self.vm_ports.len() {
                 work += self.poll_vm_port(i, now);
@@ -306,8 +313,8 @@ impl Forwarder {
                 work += self.poll_uplink(self.uplinks[i], now);
             }
             if work > 0 {
-                last_work = Instant::now();
-            } else if last_work.elapsed() >= SPIN_AFTER_WORK {
+                last_work = t;
+            } else if t.saturating_duration_since(last_work) >= SPIN_AFTER_WORK {
                 self.sleep(&mut events);
                 last_work = Instant::now();
             }

@@ -60,9 +60,11 @@ impl Message {
         let raw: Vec<RawFd> = self.fds.iter().map(AsRawFd::as_raw_fd).collect();
         let sent = to.send_with_fds(&[&self.hdr[..], &self.payload[..]], &raw)?;
         // The descriptors went with the first bytes; finish a short write plainly.
-        let all: Vec<u8> = self.hdr.iter().chain(&self.payload).copied().collect();
         let mut w = to;
-        w.write_all(&all[sent..])
+        if sent < HDR_LEN {
+            w.write_all(&self.hdr[sent..])?;
+        }
+        w.write_all(&self.payload[sent.saturating_sub(HDR_LEN)..])
     }
 }
 

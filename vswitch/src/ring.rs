@@ -90,11 +90,6 @@ impl<'m> Segments<'m> {
         Ok(())
     }
 
-    /// The segments in order.
-    pub fn iter(&self) -> impl Iterator<Item = Slice<'m>> + '_ {
-        self.segs[..self.len].iter().copied()
-    }
-
     /// Number of segments.
     pub fn len(&self) -> usize {
         self.len
@@ -143,11 +138,6 @@ impl<'m> Segments<'m> {
         }
     }
 
-    /// Drops the first `n` bytes of the whole list.
-    pub fn skip_front(&mut self, n: usize) {
-        self.skip_front_from(0, n);
-    }
-
     /// Copies bytes from `offset` of segments `start..end` into `buf`; returns how many.
     pub fn read_range(&self, start: usize, end: usize, offset: usize, buf: &mut [u8]) -> usize {
         gather(self.range(start, end), offset, buf)
@@ -167,11 +157,6 @@ impl<'m> Segments<'m> {
         let mut buf = [0u8; N];
         let n = self.read_range(start, self.len, 0, &mut buf);
         (buf, n)
-    }
-
-    /// Copies bytes from `offset` of the whole list into `buf`; returns how many.
-    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> usize {
-        self.read_range(0, self.len, offset, buf)
     }
 }
 
@@ -615,7 +600,7 @@ mod tests {
         let mut segs = Segments::default();
         assert_eq!(r.walk(head, false, &mut segs).unwrap(), 72);
         assert_eq!(segs.len(), 2);
-        segs.skip_front(12);
+        segs.skip_front_from(0, 12);
         assert_eq!(segs.len(), 1);
         r.add_used(head, 0).unwrap();
         assert!(
@@ -701,7 +686,7 @@ mod tests {
         src.copy_from(&[7u8; 20]);
         assert_eq!(w.write_slice(src), 13, "only 13 bytes of room left");
         let mut back = [0u8; 25];
-        assert_eq!(segs.read_at(0, &mut back), 25);
+        assert_eq!(segs.read_range(0, segs.len(), 0, &mut back), 25);
         assert_eq!(&back[..12], b"hello, world");
         assert_eq!(&back[12..], &[7u8; 13]);
     }

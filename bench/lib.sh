@@ -181,6 +181,18 @@ print_last_row() {
     tail -1 "$1" | awk -F, '{printf "  %s size=%s run=%s: %s Mpps (%s + %s pps)  %s Gbit/s  gen_rx_empty=%s%% gen_tx_drop=%s host_lost=%s%% %s\n", $2, $4, $5, $9, $7, $8, $10, $12, $11, $14, $15}' >&2
 }
 
+# run_all_sizes DUT_NAME CSV SIZE... : RUNS generator runs per size against the running DUT,
+# each appended to CSV and printed.
+run_all_sizes() {
+    local dut=$1 csv=$2 size run; shift 2
+    for size in "$@"; do
+        for run in $(seq 1 "$RUNS"); do
+            gen_run "$dut" "$size" "$(( ${RUN_OFFSET:-0} + run ))" "$csv" > /dev/null
+            print_last_row "$csv"
+        done
+    done
+}
+
 # summarize_ratios CSV BASELINE_DUT : per round (run index) and size, Mpps(dut)/Mpps(baseline);
 # median/min/max of those same-round ratios per (dut, size).
 summarize_ratios() {

@@ -46,12 +46,7 @@ else
 fi
 kill -0 "$(cat "$RUN_DIR/dut-$DUT_NAME.pid")" 2>/dev/null || die "DUT exited early (see $LOG_DIR/dut-$DUT_NAME.log)"
 
-for size in "${sizes[@]}"; do
-    for run in $(seq 1 "$RUNS"); do
-        gen_run "$DUT_NAME" "$size" "$(( ${RUN_OFFSET:-0} + run ))" "$CSV" > /dev/null
-        print_last_row "$CSV"
-    done
-done
+run_all_sizes "$DUT_NAME" "$CSV" "${sizes[@]}"
 stop_bg "dut-$DUT_NAME"
 trap - EXIT INT TERM
 rm -rf "/var/run/dpdk/$DUT_PREFIX"     # EAL runtime dir of the testpmd baseline (our prefix only)

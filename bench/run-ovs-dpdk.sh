@@ -86,12 +86,7 @@ export DUT_INFO_FILE=$OVS_DIR/pmd-info.txt
 export GEN_HOOK_START="$APPCTL dpif-netdev/pmd-stats-clear"
 export GEN_HOOK_END="$APPCTL dpif-netdev/pmd-stats-show | awk '/main thread/{exit} /processing cycles:/{b=\$4; gsub(/[()]/, \"\", b)} /avg processing cycles per packet:/{c=\$6} /emc hits:/{e=\$3} /simple match hits:/{sm=\$4} /megaflow hits:/{m=\$3} /packets received:/{r=\$3} END{if (r==0) r=1; printf \"pmd_busy=%s cyc/pkt=%s hits(emc/simple/megaflow)=%.0f/%.0f/%.0f%%\", b, c, 100*e/r, 100*sm/r, 100*m/r}' > $DUT_INFO_FILE"
 
-for size in "${sizes[@]}"; do
-    for run in $(seq 1 "$RUNS"); do
-        gen_run "$DUT_NAME" "$size" "$(( ${RUN_OFFSET:-0} + run ))" "$CSV" > /dev/null
-        print_last_row "$CSV"
-    done
-done
+run_all_sizes "$DUT_NAME" "$CSV" "${sizes[@]}"
 $VSCTL --columns=name,statistics list Interface vhu0 vhu1 > "$LOG_DIR/ovs-if-stats-$DUT_NAME.txt" 2>&1
 cleanup
 trap - EXIT INT TERM

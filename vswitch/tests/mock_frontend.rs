@@ -340,17 +340,27 @@ fn mock_frontend_against_dpdk_vhost_merges_rx_buffers() {
         .into_iter()
         .enumerate()
     {
-        let f = frame(mac(0xb), mac(0xa), len, i as u32);
-        a.send(&f).unwrap();
-        let got = b
-            .recv_frame(WAIT)
-            .unwrap_or_else(|| panic!("{len}-byte frame lost"));
-        assert_eq!(got.data, f, "{len}-byte frame differs");
-        assert_eq!(
-            usize::from(got.num_buffers),
-            (len + VIRTIO_NET_HDR_LEN).div_ceil(512)
-        );
+        let bufs = u16::try_from((len + VIRTIO_NET_HDR_LEN).div_ceil(512)).unwrap();
+        assert_merged_delivery(&mut a, &mut b, len, i as u32, bufs);
     }
+}
+
+/// Sends a `len`-byte frame from A to B and checks that B received it byte-exact,
+/// spread over `bufs` receive buffers (MRG_RXBUF `num_buffers`).
+fn assert_merged_delivery(
+    a: &mut MockFrontend,
+    b: &mut MockFrontend,
+    len: usize,
+    seq: u32,
+    bufs: u16,
+) {
+    let f = frame(mac(0xb), mac(0xa), len, seq);
+    a.send(&f).expect("send through the switch");
+    let got = b
+        .recv_frame(WAIT)
+        .unwrap_or_else(|| panic!("{len}-byte frame lost"));
+    assert_eq!(got.data, f, "{len}-byte frame differs");
+    assert_eq!(got.num_buffers, bufs, "num_buffers for a {len}-byte frame");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1243,13 +1253,7 @@ fn switch_merges_rx_buffers_for_large_frames() {
     .into_iter()
     .enumerate()
     {
-        let f = frame(mac(0xb), mac(0xa), len, i as u32);
-        a.send(&f).unwrap();
-        let got = b
-            .recv_frame(WAIT)
-            .unwrap_or_else(|| panic!("{len}-byte frame lost"));
-        assert_eq!(got.data, f, "{len}-byte frame differs");
-        assert_eq!(got.num_buffers, bufs, "num_buffers for a {len}-byte frame");
+        assert_merged_delivery(&mut a, &mut b, len, i as u32, bufs);
     }
     let sb = sw.stats("b");
     assert_eq!(total_drops(&sb), 0, "drops on b: {:?}", nonzero_drops(&sb));

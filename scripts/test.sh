@@ -14,7 +14,7 @@ echo "== cargo clippy"; cargo clippy --workspace --all-targets --all-features --
 echo "== cargo test"
 log=$(mktemp); trap 'rm -f "$log"' EXIT
 rc=0
-cargo test --workspace --all-features --locked -- --test-threads=2 2>&1 | tee "$log" || rc=$?
+cargo test --workspace --all-features --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || rc=$?
 # One closing line for the whole run (cargo's last line is a crate's doc-test summary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$rc"

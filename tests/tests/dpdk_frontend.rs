@@ -324,12 +324,15 @@ fn parse_fwd_stats(text: &str) -> Result<[FwdStats; 2], String> {
     Ok([port(0)?, port(1)?])
 }
 
-/// A `dpdk-testpmd -i` driven over stdin; its stdout and stderr collect in one buffer.
+/// A `dpdk-testpmd -i` driven over stdin. Its stdout (prompts, command output) and
+/// stderr (EAL and driver logs) are kept apart: read by two threads into one buffer,
+/// a log line could land in the middle of the prompt or of a statistics block.
 /// Dropping it kills the process (by pid) and removes its DPDK runtime directory.
 struct Testpmd {
     child: Child,
     stdin: Option<ChildStdin>,
     out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
     prefix: String,
     pid: Arc<AtomicI32>,
 }
@@ -391,27 +394,21 @@ impl Testpmd {
             .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
         pid.store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
         let out = Arc::new(Mutex::new(format!("$ {cmd:?}\n")));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        let err = Arc::new(Mutex::new(String::new()));
+        if let Some(stream) = child.stdout.take() {
             let out = Arc::clone(&out);
             thread::spawn(move || pump(stream, &out));
+        }
+        if let Some(stream) = child.stderr.take() {
+            let err = Arc::clone(&err);
+            thread::spawn(move || pump(stream, &err));
         }
         let stdin = child.stdin.take();
         let mut tp = Testpmd {
             child,
             stdin,
             out,
+            err,
             prefix: prefix.to_string(),
             pid: Arc::clone(pid),
         };
@@ -421,16 +418,18 @@ impl Testpmd {
         tp
     }
 
-    /// Everything testpmd printed so far.
+    /// Everything testpmd printed on stdout so far.
     fn output(&self) -> String {
         self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A panic message with the testpmd output's tail.
+    /// A panic message with the tails of testpmd's stdout and stderr.
     fn failure(&self, what: &str) -> String {
+        let err = self.err.lock().unwrap_or_else(|e| e.into_inner()).clone();
         format!(
-            "{what}\n--- testpmd output (tail) ---\n{}",
-            tail(&self.output(), 60)
+            "{what}\n--- testpmd stdout (tail) ---\n{}\n--- testpmd stderr (tail) ---\n{}",
+            tail(&self.output(), 60),
+            tail(&err, 30)
         )
     }
 
@@ -527,7 +526,7 @@ impl Drop for Testpmd {
 }
 
 /// Copies `stream` into `out` until EOF.
-fn pump(mut stream: Box<dyn Read + Send>, out: &Mutex<String>) {
+fn pump(mut stream: impl Read, out: &Mutex<String>) {
     let mut buf = [0u8; 8192];
     while let Ok(n) = stream.read(&mut buf) {
         if n == 0 {

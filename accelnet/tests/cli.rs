@@ -187,6 +187,7 @@ fn canned_stats() -> Vec<PortStats> {
             tx_packets: 3,
             tx_bytes: 180,
             drops: drops(&[("no_rx_buffer", 1), ("runt_frame", 3)]),
+            queues: Vec::new(),
         },
         PortStats {
             name: "veth0".into(),
@@ -195,6 +196,7 @@ fn canned_stats() -> Vec<PortStats> {
             tx_packets: 0,
             tx_bytes: 0,
             drops: drops(&[]),
+            queues: Vec::new(),
         },
     ]
 }

@@ -106,6 +106,24 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Dropped frames and rejected inputs by reason (every reason listed, zero or not).
     pub drops: BTreeMap<String, u64>,
+    /// Per queue pair counters (VM ports; empty for uplinks), in queue order.
+    #[serde(default)]
+    pub queues: Vec<QueueStats>,
+}
+
+/// Counters of one queue pair of a VM port (same directions as [`PortStats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Queue pair index (pair `n` is RX queue `2n`, TX queue `2n+1`).
+    pub queue: u16,
+    /// Frames taken from the TX queue.
+    pub rx_packets: u64,
+    /// Bytes taken from the TX queue.
+    pub rx_bytes: u64,
+    /// Frames written into the RX queue.
+    pub tx_packets: u64,
+    /// Bytes written into the RX queue.
+    pub tx_bytes: u64,
 }
 
 macro_rules! drop_reasons {
@@ -139,6 +157,12 @@ drop_reasons! {
     UplinkTxError => "uplink_tx_error": "The uplink interface refused the frame.",
     RingError => "ring_error": "A ring whose addresses lie outside guest memory; the queue was stopped.",
     ProtocolError => "protocol_error": "A vhost-user message the switch rejected; the connection was closed.",
+    SpoofedSource => "spoofed_source": "A source MAC the port's policy does not allow (anti-spoofing).",
+    VlanNotAllowed => "vlan_not_allowed": "A VLAN outside the port's access VLAN or trunk list.",
+    IngressRateLimit => "ingress_rate_limit": "Over the port's ingress rate limit (packets or bytes per second).",
+    EgressRateLimit => "egress_rate_limit": "Over the port's egress rate limit (packets or bytes per second).",
+    FdbLimit => "fdb_limit": "A new source MAC beyond the port's FDB entry limit.",
+    BadOffload => "bad_offload": "A virtio-net header whose checksum or segmentation fields do not fit the frame.",
 }
 
 /// Number of drop reasons.
@@ -157,6 +181,23 @@ pub struct PortCounters {
     pub tx_bytes: AtomicU64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [AtomicU64; DROP_REASONS],
+    /// Per queue pair counters.
+    pub queues: [QueueCounters; crate::features::MAX_QUEUE_PAIRS],
+    /// Queue pairs in use (reported), set when a frontend's rings start.
+    pub queue_pairs: std::sync::atomic::AtomicUsize,
+}
+
+/// Live counters of one queue pair.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Frames taken from the TX queue.
+    pub rx_packets: AtomicU64,
+    /// Bytes taken from the TX queue.
+    pub rx_bytes: AtomicU64,
+    /// Frames written into the RX queue.
+    pub tx_packets: AtomicU64,
+    /// Bytes written into the RX queue.
+    pub tx_bytes: AtomicU64,
 }
 
 impl PortCounters {
@@ -181,6 +222,19 @@ impl PortCounters {
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.as_str().to_string(), self.drops_for(*r)))
+                .collect(),
+            queues: self
+                .queues
+                .iter()
+                .take(self.queue_pairs.load(Ordering::Relaxed))
+                .enumerate()
+                .map(|(i, q)| QueueStats {
+                    queue: u16::try_from(i).unwrap_or(u16::MAX),
+                    rx_packets: q.rx_packets.load(Ordering::Relaxed),
+                    rx_bytes: q.rx_bytes.load(Ordering::Relaxed),
+                    tx_packets: q.tx_packets.load(Ordering::Relaxed),
+                    tx_bytes: q.tx_bytes.load(Ordering::Relaxed),
+                })
                 .collect(),
         }
     }

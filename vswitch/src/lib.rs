@@ -16,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod features;
 pub mod fdb;
 pub mod forward;
 pub(crate) mod logging;

@@ -204,6 +204,7 @@ mod tests {
             tx_packets: 2,
             tx_bytes: 120,
             drops: drops.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+            queues: Vec::new(),
         }
     }
 

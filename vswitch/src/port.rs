@@ -19,9 +19,7 @@ use arc_swap::ArcSwapOption;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringT};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STANDBY};
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::event::{
@@ -39,18 +37,11 @@ use crate::uplink::Uplink;
 pub const RX_QUEUE: usize = 0;
 /// TX virtqueue index (guest transmits).
 pub const TX_QUEUE: usize = 1;
-/// Largest queue size a frontend may configure.
-pub const MAX_QUEUE_SIZE: usize = 1024;
-/// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30), absent from virtio-bindings.
-const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+pub use crate::features::MAX_QUEUE_SIZE;
 
 /// virtio-net features the switch offers. STANDBY lets the guest pair this device
 /// with a VF under `net_failover`; the switch needs nothing else for it.
-pub const OFFERED_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
-    | (1 << VIRTIO_NET_F_MRG_RXBUF)
-    | (1 << VIRTIO_RING_F_EVENT_IDX)
-    | (1 << VIRTIO_NET_F_STANDBY)
-    | VHOST_USER_F_PROTOCOL_FEATURES;
+pub const OFFERED_FEATURES: u64 = crate::features::BASE_FEATURES;
 
 /// Errors creating a port.
 #[derive(Debug, thiserror::Error)]
@@ -339,9 +330,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        crate::features::protocol_features()
     }
 
     fn reset_device(&self) {
@@ -589,7 +578,7 @@ mod tests {
 
     #[test]
     fn test_offered_features_include_standby_and_mrg_rxbuf() {
-        assert_ne!(OFFERED_FEATURES & (1 << VIRTIO_NET_F_STANDBY), 0);
+        assert_ne!(OFFERED_FEATURES & crate::features::F_STANDBY, 0);
         assert_ne!(OFFERED_FEATURES & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
         assert_ne!(
             OFFERED_FEATURES

@@ -215,9 +215,11 @@ impl ControlHandler for FakeSwitch {
                     acked_features: 0,
                 }],
             },
-            Request::Fdb {} => Response::Error {
-                message: "fdb is busy".into(),
-            },
+            Request::Fdb {} | Request::PortAdd { .. } | Request::PortDel { .. } => {
+                Response::Error {
+                    message: "fdb is busy".into(),
+                }
+            }
             Request::Stats {} => Response::Stats {
                 ports: canned_stats(),
             },

@@ -5,17 +5,20 @@
 //! Run: `cargo bench -p vswitch --bench forward`
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation, missing_docs)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vhost_user_backend::VringT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
-use vswitch::api::PortCounters;
+use arc_swap::ArcSwap;
+use vswitch::config::PortMode;
 use vswitch::fdb::Fdb;
-use vswitch::forward::{Forwarder, Shared, VNET_HDR_LEN};
-use vswitch::port::{Attached, Port, PortBackend, VhostPort, Waker, OFFERED_FEATURES};
+use vswitch::forward::{Forwarder, PortTable, Shared, VNET_HDR_LEN};
+use vswitch::port::{
+    Attached, Port, PortBackend, QueuePair, VhostPort, Waker, OFFERED_FEATURES,
+};
 use vswitch::ring::{GuestMem, Vring};
 use vswitch::MacAddr;
 
@@ -94,23 +97,29 @@ impl SimGuest {
 
 use vm_memory::GuestAddressSpace;
 
-fn port(id: u16, g: &SimGuest, waker: &Arc<Waker>) -> Arc<Port> {
-    let vp = VhostPort::new(format!("/nonexistent/{id}.sock").into());
-    vp.attached.store(Some(Arc::new(Attached {
-        rx: g.rx.clone(),
-        tx: g.tx.clone(),
-        mem: g.mem.clone(),
-        features: Arc::new(AtomicU64::new(OFFERED_FEATURES & !(1 << 29))),
-    })));
-    Arc::new(Port {
+fn port(id: u16, g: &SimGuest, wakers: &Arc<[Arc<Waker>]>) -> Arc<Port> {
+    let vp = VhostPort::new(
+        format!("/nonexistent/{id}.sock").into(),
+        PortMode::Server,
+        1,
+    );
+    vp.attached.store(Some(Arc::new(Attached::new(
+        1,
+        vec![QueuePair {
+            rx: g.rx.clone(),
+            tx: g.tx.clone(),
+        }],
+        g.mem.clone(),
+        OFFERED_FEATURES & !(1 << 29),
+    ))));
+    Arc::new(Port::new(
         id,
-        name: format!("p{id}"),
-        vlan: 1,
-        counters: PortCounters::default(),
-        owner: 0,
-        waker: waker.clone(),
-        backend: PortBackend::Vhost(vp),
-    })
+        format!("p{id}"),
+        1,
+        0,
+        wakers.clone(),
+        PortBackend::Vhost(vp),
+    ))
 }
 
 fn bench_forward(c: &mut Criterion) {
@@ -120,16 +129,22 @@ fn bench_forward(c: &mut Criterion) {
         let mut a = SimGuest::new(ma, mb, frame_len);
         let mut b = SimGuest::new(mb, ma, frame_len);
         let waker = Arc::new(Waker::new().unwrap());
+        let wakers: Arc<[Arc<Waker>]> = vec![waker.clone()].into();
         let fdb = Arc::new(Fdb::new(1024, 300));
         fdb.learn(1, mb, 1, 0);
         let shared = Arc::new(Shared {
-            ports: vec![port(0, &a, &waker), port(1, &b, &waker)],
+            ports: ArcSwap::from_pointee(PortTable::new(vec![
+                port(0, &a, &wakers),
+                port(1, &b, &wakers),
+            ])),
+            wakers,
             fdb,
             max_frame: 1518,
             shutdown: AtomicBool::new(false),
             epoch: Instant::now(),
         });
         let mut fwd = Forwarder::new(0, shared.clone(), waker);
+        let table = shared.ports.load_full();
         group.throughput(Throughput::Elements(u64::from(BATCH)));
         group.bench_with_input(
             BenchmarkId::from_parameter(frame_len + 4),
@@ -138,12 +153,12 @@ fn bench_forward(c: &mut Criterion) {
                 bn.iter(|| {
                     a.post(BATCH, 0);
                     b.post(0, BATCH);
-                    let n = fwd.poll_vm_port(0, 0);
+                    let n = fwd.poll_vm_port(&table, 0, 0);
                     assert_eq!(n, usize::from(BATCH));
                 })
             },
         );
-        let s = shared.ports[1].counters.snapshot("b");
+        let s = table.get(1).unwrap().counters.snapshot("b");
         assert_eq!(
             s.drops.values().sum::<u64>(),
             0,

@@ -18,6 +18,17 @@ pub enum Request {
     Fdb {},
     /// Per-port counters.
     Stats {},
+    /// Add a VM port at run time (same fields as a `[[port]]` table).
+    PortAdd {
+        /// The port.
+        port: crate::config::PortConfig,
+    },
+    /// Remove a VM port: close its connections, forget its FDB entries, remove its
+    /// socket (server mode).
+    PortDel {
+        /// Port name.
+        name: String,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -38,6 +49,16 @@ pub enum Response {
     Stats {
         /// Counters of every port, in id order.
         ports: Vec<PortStats>,
+    },
+    /// Answer to [`Request::PortAdd`].
+    PortAdded {
+        /// The new port.
+        port: PortInfo,
+    },
+    /// Answer to [`Request::PortDel`].
+    PortDeleted {
+        /// Name of the removed port.
+        name: String,
     },
     /// The request could not be served.
     Error {

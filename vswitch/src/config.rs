@@ -56,6 +56,16 @@ pub enum ConfigError {
     /// FDB settings out of range.
     #[error("fdb_capacity must be 64..=1048576 and fdb_aging_secs 1..=86400")]
     Fdb,
+    /// A queue pair count outside 1..=MAX_QUEUE_PAIRS.
+    #[error("port {port}: queues {queues} out of range 1..={max}")]
+    Queues {
+        /// Port name.
+        port: String,
+        /// Offending value.
+        queues: u16,
+        /// Largest allowed value.
+        max: usize,
+    },
 }
 
 /// Everything the switch needs to start.
@@ -101,18 +111,37 @@ impl Default for SwitchSettings {
     }
 }
 
-/// A VM port: a vhost-user socket the switch listens on.
+/// Who owns a VM port's socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMode {
+    /// The switch creates the socket and listens; the VMM connects (QEMU
+    /// `reconnect-ms=` on the chardev brings it back after a switch restart).
+    #[default]
+    Server,
+    /// The VMM owns the socket (QEMU `server=on`); the switch connects and
+    /// reconnects with backoff whenever either side restarts.
+    Client,
+}
+
+/// A VM port: a vhost-user socket the switch listens on or connects to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortConfig {
     /// Port name; defaults to the socket's file stem.
     #[serde(default)]
     pub name: Option<String>,
-    /// Socket path the switch creates.
+    /// Socket path: created by the switch (server) or by the VMM (client).
     pub socket: PathBuf,
+    /// Server (default) or client.
+    #[serde(default)]
+    pub mode: PortMode,
     /// Access VLAN: frames enter and leave untagged.
     #[serde(default = "default_vlan")]
     pub vlan: u16,
+    /// Most queue pairs a frontend may use (virtio-net MQ).
+    #[serde(default = "default_queues")]
+    pub queues: u16,
 }
 
 /// An uplink: a host interface (veth, tap or PF) attached over AF_PACKET.
@@ -130,14 +159,67 @@ fn default_vlan() -> u16 {
     DEFAULT_VLAN
 }
 
+/// Default queue pairs a VM port offers: enough for a 4-vCPU guest; queues a
+/// frontend does not start cost nothing.
+pub const DEFAULT_QUEUES: u16 = 4;
+
+fn default_queues() -> u16 {
+    DEFAULT_QUEUES
+}
+
+/// Checks a port or uplink name: letters, digits, '-', '_', '.', at most 64.
+pub fn check_port_name(name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::PortName(name.to_string()))
+    }
+}
+
 impl PortConfig {
     /// A port on `socket` in the default VLAN.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         PortConfig {
             name: None,
             socket: socket.into(),
+            mode: PortMode::Server,
             vlan: DEFAULT_VLAN,
+            queues: DEFAULT_QUEUES,
         }
+    }
+
+    /// A client-mode port on a VMM-owned `socket`.
+    pub fn client(socket: impl Into<PathBuf>) -> Self {
+        PortConfig {
+            mode: PortMode::Client,
+            ..PortConfig::new(socket)
+        }
+    }
+
+    /// Checks this port on its own (name, VLAN, queues).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name = self.port_name();
+        check_port_name(&name)?;
+        if !(1..=VLAN_MAX).contains(&self.vlan) {
+            return Err(ConfigError::Vlan {
+                port: name,
+                vlan: self.vlan,
+            });
+        }
+        let max = crate::features::MAX_QUEUE_PAIRS;
+        if self.queues == 0 || usize::from(self.queues) > max {
+            return Err(ConfigError::Queues {
+                port: name,
+                queues: self.queues,
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// The configured name, or the socket's file stem.
@@ -178,20 +260,16 @@ impl SwitchConfig {
         }
         let mut names = std::collections::HashSet::new();
         let mut sockets = std::collections::HashSet::new();
+        for p in &self.ports {
+            p.validate()?;
+        }
         let entries = self.ports.iter().map(|p| (p.port_name(), p.vlan)).chain(
             self.uplinks
                 .iter()
                 .map(|u| (u.ifname.clone(), u.native_vlan)),
         );
         for (name, vlan) in entries {
-            let valid = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if !valid {
-                return Err(ConfigError::PortName(name));
-            }
+            check_port_name(&name)?;
             if !(1..=VLAN_MAX).contains(&vlan) {
                 return Err(ConfigError::Vlan { port: name, vlan });
             }

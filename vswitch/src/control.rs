@@ -600,9 +600,11 @@ mod tests {
                     ports: vec![fake_port()],
                 },
                 Request::Fdb {} => Response::Fdb { entries: vec![] },
-                Request::Stats {} => Response::Error {
-                    message: "no stats here".into(),
-                },
+                Request::Stats {} | Request::PortAdd { .. } | Request::PortDel { .. } => {
+                    Response::Error {
+                        message: "no stats here".into(),
+                    }
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
@@ -42,11 +43,49 @@ const SPIN_AFTER_WORK: Duration = Duration::from_micros(300);
 /// Sleep bound, so shutdown and housekeeping are noticed.
 const SLEEP_MS: i32 = 200;
 
+/// The ports, indexed by [`PortId`]. Replaced as a whole when a port is added or
+/// removed; forwarding threads load it once per round. Ids are never reused, so a
+/// stale FDB entry can never point at a different port.
+#[derive(Debug, Default)]
+pub struct PortTable {
+    /// Changes whenever the set of ports changes.
+    pub generation: u64,
+    /// Slot `id` holds port `id`, or `None` once it was removed.
+    pub slots: Vec<Option<Arc<Port>>>,
+}
+
+impl PortTable {
+    /// A table of `ports`, which must be numbered 0.. in order.
+    pub fn new(ports: Vec<Arc<Port>>) -> Self {
+        PortTable {
+            generation: 0,
+            slots: ports.into_iter().map(Some).collect(),
+        }
+    }
+
+    /// Port `id`, if it exists.
+    pub fn get(&self, id: PortId) -> Option<&Arc<Port>> {
+        self.slots.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    /// Every live port, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Port>> {
+        self.slots.iter().flatten()
+    }
+
+    /// The port called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Port>> {
+        self.iter().find(|p| p.name == name)
+    }
+}
+
 /// State shared by every forwarding thread.
 #[derive(Debug)]
 pub struct Shared {
-    /// All ports, indexed by [`PortId`].
-    pub ports: Vec<Arc<Port>>,
+    /// All ports.
+    pub ports: ArcSwap<PortTable>,
+    /// Every forwarding thread's waker, by thread index.
+    pub wakers: Arc<[Arc<Waker>]>,
     /// The learning table.
     pub fdb: Arc<Fdb>,
     /// Largest frame accepted (Ethernet header to end, no virtio header).
@@ -229,14 +268,20 @@ pub struct Forwarder {
     index: usize,
     shared: Arc<Shared>,
     waker: Arc<Waker>,
-    vm_ports: Vec<PortId>,
-    uplinks: Vec<PortId>,
-    /// Guest notifications armed (we slept) and not yet disarmed, per owned port.
-    armed: Vec<bool>,
+    /// Port table generation the lists below were built from.
+    generation: Option<u64>,
+    /// VM ports with at least one queue pair on this thread.
+    vm_ports: Vec<Arc<Port>>,
+    /// Uplinks this thread polls.
+    uplinks: Vec<Arc<Port>>,
+    /// Per VM port, bit `n`: guest notifications of TX pair `n` armed (we slept).
+    armed: Vec<u32>,
+    /// Uplink fds being watched for wakeups.
+    watched: Vec<RawFd>,
 }
 
 struct WakeSubscriber {
-    fds: Vec<RawFd>,
+    fd: RawFd,
 }
 
 impl MutEventSubscriber for WakeSubscriber {
@@ -245,72 +290,84 @@ impl MutEventSubscriber for WakeSubscriber {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in &self.fds {
-            if let Err(e) = ops.add(Events::with_data_raw(*fd, 0, EventSet::IN)) {
-                log::error!("forwarding thread: cannot watch fd {fd}: {e:?}");
-            }
+        if let Err(e) = ops.add(Events::with_data_raw(self.fd, 0, EventSet::IN)) {
+            log::error!("forwarding thread: cannot watch fd {}: {e:?}", self.fd);
         }
     }
 }
 
+type Events_ = EventManager<Box<dyn MutEventSubscriber + Send>>;
+
 impl Forwarder {
-    /// A thread serving the ports whose `owner` is `index`.
+    /// Thread `index`: polls the queue pairs [`Port::thread_for`] gives it, and the
+    /// uplinks on thread 0.
     pub fn new(index: usize, shared: Arc<Shared>, waker: Arc<Waker>) -> Self {
-        let mine = |p: &&Arc<Port>| p.owner == index;
-        let vm_ports: Vec<PortId> = shared
-            .ports
-            .iter()
-            .filter(mine)
-            .filter(|p| p.vhost().is_some())
-            .map(|p| p.id)
-            .collect();
-        let uplinks = shared
-            .ports
-            .iter()
-            .filter(mine)
-            .filter(|p| matches!(p.backend, PortBackend::Uplink(_)))
-            .map(|p| p.id)
-            .collect();
-        let armed = vec![false; vm_ports.len()];
-        Forwarder {
+        let mut f = Forwarder {
             index,
             shared,
             waker,
-            vm_ports,
-            uplinks,
-            armed,
+            generation: None,
+            vm_ports: Vec::new(),
+            uplinks: Vec::new(),
+            armed: Vec::new(),
+            watched: Vec::new(),
+        };
+        let table = f.shared.ports.load_full();
+        f.refresh(&table);
+        f
+    }
+
+    /// Rebuilds the port lists after ports were added or removed.
+    fn refresh(&mut self, table: &PortTable) {
+        if self.generation == Some(table.generation) {
+            return;
         }
+        self.generation = Some(table.generation);
+        let n = self.shared.wakers.len().max(1);
+        self.vm_ports = table
+            .iter()
+            .filter(|p| match p.vhost() {
+                Some(v) => (0..v.queue_pairs.min(n)).any(|q| p.thread_for(q) == self.index),
+                None => false,
+            })
+            .cloned()
+            .collect();
+        self.uplinks = table
+            .iter()
+            .filter(|p| p.owner == self.index && matches!(p.backend, PortBackend::Uplink(_)))
+            .cloned()
+            .collect();
+        self.armed = vec![0; self.vm_ports.len()];
     }
 
     /// Runs until [`Shared::shutdown`] is set.
     pub fn run(mut self) {
-        let mut fds = vec![self.waker.fd().as_raw_fd()];
-        for id in &self.uplinks {
-            if let PortBackend::Uplink(u) = &self.shared.ports[usize::from(*id)].backend {
-                if let Ok(s) = u.sock.lock() {
-                    fds.push(s.fd());
-                }
-            }
-        }
-        let mut events = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
+        let mut events = match Events_::new() {
             Ok(m) => m,
             Err(e) => {
                 log::error!("forwarding thread {}: event manager: {e:?}", self.index);
                 return;
             }
         };
-        events.add_subscriber(Box::new(WakeSubscriber { fds }));
+        events.add_subscriber(Box::new(WakeSubscriber {
+            fd: self.waker.fd().as_raw_fd(),
+        }));
         let mut last_work = Instant::now();
         while !self.shared.shutdown.load(Ordering::Relaxed) {
+            let table = self.shared.ports.load_full();
+            if self.generation != Some(table.generation) {
+                self.refresh(&table);
+                self.watch_uplinks(&mut events);
+            }
             // One clock read per round serves the FDB and the spin timer.
             let t = Instant::now();
             let now = self.shared.secs_at(t);
             let mut work = 0;
             for i in 0..self.vm_ports.len() {
-                work += self.poll_vm_port(i, now);
+                work += self.poll_vm_port(&table, i, now);
             }
             for i in 0..self.uplinks.len() {
-                work += self.poll_uplink(self.uplinks[i], now);
+                work += self.poll_uplink(&table, i, now);
             }
             if work > 0 {
                 last_work = t;
@@ -321,23 +378,59 @@ impl Forwarder {
         }
     }
 
+    /// Watches the uplinks' sockets so their traffic wakes the thread.
+    fn watch_uplinks(&mut self, events: &mut Events_) {
+        let fds: Vec<RawFd> = self
+            .uplinks
+            .iter()
+            .filter_map(|p| match &p.backend {
+                PortBackend::Uplink(u) => u.sock.lock().ok().map(|s| s.fd()),
+                PortBackend::Vhost(_) => None,
+            })
+            .collect();
+        for fd in fds {
+            if !self.watched.contains(&fd) {
+                events.add_subscriber(Box::new(WakeSubscriber { fd }));
+                self.watched.push(fd);
+            }
+        }
+    }
+
+    /// Queue pairs of VM port number `i` that this thread polls, as a bit mask.
+    fn my_pairs(&self, port: &Port, att: &Attached) -> u32 {
+        let mut mask = 0u32;
+        for q in 0..att.pairs.len().min(32) {
+            if port.thread_for(q) == self.index && att.is_started(2 * q + 1) {
+                mask |= 1 << q;
+            }
+        }
+        mask
+    }
+
     /// Arms guest notifications, re-checks for work, then waits for a kick.
-    fn sleep(&mut self, events: &mut EventManager<Box<dyn MutEventSubscriber + Send>>) {
+    fn sleep(&mut self, events: &mut Events_) {
         self.waker.set_sleeping(true);
         let mut pending = false;
         for i in 0..self.vm_ports.len() {
-            let port = self.shared.ports[usize::from(self.vm_ports[i])].clone();
+            let port = self.vm_ports[i].clone();
             let Some(att) = port.vhost().and_then(|v| v.attached.load_full()) else {
                 continue;
             };
             let mem = att.mem.memory();
-            let guard = att.tx.get_ref();
-            if !guard.get_queue().ready() || !guard.is_enabled() {
-                continue;
-            }
-            if let Ok(mut ring) = SplitRing::new(guard.get_queue(), &mem) {
-                self.armed[i] = ring.enable_notifications().is_ok();
-                pending |= ring.pending().map(|n| n > 0).unwrap_or(false);
+            let mut mask = self.my_pairs(&port, &att);
+            while mask != 0 {
+                let q = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                let guard = att.pairs[q].tx.get_ref();
+                if !guard.get_queue().ready() || !guard.is_enabled() {
+                    continue;
+                }
+                if let Ok(mut ring) = SplitRing::new(guard.get_queue(), &mem) {
+                    if ring.enable_notifications().is_ok() {
+                        self.armed[i] |= 1 << q;
+                    }
+                    pending |= ring.pending().map(|n| n > 0).unwrap_or(false);
+                }
             }
         }
         if !pending {
@@ -354,8 +447,7 @@ impl Forwarder {
     /// goes down): left pending, they keep epoll reporting EPOLLERR and the thread
     /// would never sleep.
     fn clear_uplink_errors(&self) {
-        for id in &self.uplinks {
-            let port = &self.shared.ports[usize::from(*id)];
+        for port in &self.uplinks {
             if let PortBackend::Uplink(u) = &port.backend {
                 if let Ok(sock) = u.sock.lock() {
                     if let Ok(Some(e)) = sock.take_error() {
@@ -366,22 +458,48 @@ impl Forwarder {
         }
     }
 
-    /// Forwards one batch from VM port number `i` of this thread (in id order) and
-    /// returns the frames handled. The thread's loop calls it; benchmarks do too.
-    pub fn poll_vm_port(&mut self, i: usize, now: u32) -> usize {
-        let src = self.shared.ports[usize::from(self.vm_ports[i])].clone();
+    /// Forwards one batch from every queue pair of VM port number `i` of this
+    /// thread that is running, and returns the frames handled. The thread's loop
+    /// calls it; benchmarks do too.
+    pub fn poll_vm_port(&mut self, table: &PortTable, i: usize, now: u32) -> usize {
+        let src = self.vm_ports[i].clone();
         let Some(att) = src.vhost().and_then(|v| v.attached.load_full()) else {
             return 0;
         };
+        let mut mask = self.my_pairs(&src, &att);
+        let mut n = 0;
+        while mask != 0 {
+            let q = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            n += self.poll_queue(table, i, &src, &att, q, now);
+        }
+        n
+    }
+
+    /// The ports this thread polls (benchmarks use it to find their port).
+    pub fn vm_port_count(&self) -> usize {
+        self.vm_ports.len()
+    }
+
+    fn poll_queue(
+        &mut self,
+        table: &PortTable,
+        i: usize,
+        src: &Arc<Port>,
+        att: &Attached,
+        q: usize,
+        now: u32,
+    ) -> usize {
         let mem = att.mem.memory();
-        let mut tx = att.tx.get_mut();
+        let mut tx = att.pairs[q].tx.get_mut();
         if !tx.get_queue().ready() || !tx.is_enabled() {
+            att.mark_stopped(2 * q + 1);
             return 0;
         }
         let mut ring = match SplitRing::new(tx.get_queue(), &mem) {
             Ok(r) => r,
             Err(e) => {
-                stop_broken_queue(&src, tx.get_queue_mut(), e);
+                stop_broken_queue(src, tx.get_queue_mut(), e);
                 return 0;
             }
         };
@@ -389,13 +507,15 @@ impl Forwarder {
             Ok(0) => return 0,
             Ok(n) => {
                 // Polling: the guest need not kick (each kick wakes a thread on our CPU).
-                if std::mem::take(&mut self.armed[i]) || !ring.notifications_disabled() {
+                let was_armed = self.armed[i] & (1 << q) != 0;
+                self.armed[i] &= !(1 << q);
+                if was_armed || !ring.notifications_disabled() {
                     let _ = ring.disable_notifications();
                 }
                 usize::from(n).min(BATCH)
             }
             Err(e) => {
-                stop_broken_queue(&src, tx.get_queue_mut(), e);
+                stop_broken_queue(src, tx.get_queue_mut(), e);
                 return 0;
             }
         };
@@ -454,7 +574,7 @@ impl Forwarder {
                 }
             };
             let (head_bytes, got) = segs.head::<{ ETH_HLEN + VLAN_TAG_LEN }>(start);
-            let dest = self.classify(&src, &head_bytes[..got.min(len)], now, &mut cache);
+            let dest = self.classify(src, &head_bytes[..got.min(len)], now, &mut cache);
             rx_packets += 1;
             rx_bytes += len as u64;
             let (vlan, tagged, dest) = match dest {
@@ -477,12 +597,12 @@ impl Forwarder {
 
         // Phase 2: deliver, one destination at a time.
         let frames = &frames[..nframes];
-        self.deliver_batch(&src, frames, &segs);
+        self.deliver_batch(table, src, q, frames, &segs);
 
         // Phase 3: give the TX chains back.
         for head in &completed[..ncompleted] {
             if let Err(e) = ring.add_used(*head, 0) {
-                stop_broken_queue(&src, tx.get_queue_mut(), e);
+                stop_broken_queue(src, tx.get_queue_mut(), e);
                 return ncompleted;
             }
         }
@@ -493,12 +613,16 @@ impl Forwarder {
                     let _ = tx.signal_used_queue();
                 }
             }
-            Err(e) => stop_broken_queue(&src, tx.get_queue_mut(), e),
+            Err(e) => stop_broken_queue(src, tx.get_queue_mut(), e),
         }
         src.counters
             .rx_packets
             .fetch_add(rx_packets, Ordering::Relaxed);
         src.counters.rx_bytes.fetch_add(rx_bytes, Ordering::Relaxed);
+        if let Some(qc) = src.counters.queues.get(q) {
+            qc.rx_packets.fetch_add(rx_packets, Ordering::Relaxed);
+            qc.rx_bytes.fetch_add(rx_bytes, Ordering::Relaxed);
+        }
         ncompleted
     }
 
@@ -560,8 +684,16 @@ impl Forwarder {
         }
     }
 
-    /// Delivers the batch's frames grouped by destination port.
-    fn deliver_batch(&self, src: &Port, frames: &[TxFrame], segs: &Segments<'_>) {
+    /// Delivers the batch's frames grouped by destination port. `hint` picks the
+    /// destinations' RX queue (the source's queue pair keeps a flow on one queue).
+    fn deliver_batch(
+        &self,
+        table: &PortTable,
+        src: &Port,
+        hint: usize,
+        frames: &[TxFrame],
+        segs: &Segments<'_>,
+    ) {
         let flood = frames.iter().any(|f| f.dest == Dest::Flood);
         let mut done = [PortId::MAX; BATCH];
         let mut ndone = 0;
@@ -575,22 +707,29 @@ impl Forwarder {
             }
             done[ndone] = target;
             ndone += 1;
-            self.deliver_to(src.id, target, frames, segs);
+            if let Some(port) = table.get(target) {
+                self.deliver_to(src.id, port, hint, frames, segs);
+            }
         }
         if flood {
-            for port in &self.shared.ports {
+            for port in table.iter() {
                 if port.id != src.id && !done[..ndone].contains(&port.id) {
-                    self.deliver_to(src.id, port.id, frames, segs);
+                    self.deliver_to(src.id, port, hint, frames, segs);
                 }
             }
         }
     }
 
     /// Copies every frame of the batch bound for `target` into it.
-    fn deliver_to(&self, src: PortId, target: PortId, frames: &[TxFrame], segs: &Segments<'_>) {
-        let Some(port) = self.shared.ports.get(usize::from(target)) else {
-            return;
-        };
+    fn deliver_to(
+        &self,
+        src: PortId,
+        port: &Port,
+        hint: usize,
+        frames: &[TxFrame],
+        segs: &Segments<'_>,
+    ) {
+        let target = port.id;
         let wanted = |f: &&TxFrame| match f.dest {
             Dest::Port(p) => p == target,
             Dest::Flood => src != target && Self::egress(port, f.vlan).is_some(),
@@ -608,18 +747,19 @@ impl Forwarder {
                 e,
             )
         });
-        self.deliver(port, out);
+        self.deliver(port, hint, out);
     }
 
     /// Delivers frames to one port (VM or uplink), counting what arrived and what not.
     fn deliver<'a, 'm: 'a>(
         &self,
         port: &Port,
+        hint: usize,
         frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
     ) {
         let d = match &port.backend {
             PortBackend::Vhost(v) => match v.attached.load_full() {
-                Some(att) => deliver_to_guest(port, &att, frames),
+                Some(att) => deliver_to_guest(port, &att, hint, frames),
                 None => {
                     let n = frames.count() as u64;
                     port.counters.drop(DropReason::NoRxBuffer, n);
@@ -660,8 +800,9 @@ impl Forwarder {
     }
 
     /// Receives one batch from an uplink and forwards it.
-    fn poll_uplink(&self, id: PortId, now: u32) -> usize {
-        let port = self.shared.ports[usize::from(id)].clone();
+    fn poll_uplink(&self, table: &PortTable, i: usize, now: u32) -> usize {
+        let port = self.uplinks[i].clone();
+        let id = port.id;
         let PortBackend::Uplink(u) = &port.backend else {
             return 0;
         };
@@ -699,17 +840,18 @@ impl Forwarder {
                 len: f.data.len(),
             };
             let targets: &mut dyn Iterator<Item = &Arc<Port>> = match dest {
-                Dest::Port(p) => &mut self.shared.ports.get(usize::from(p)).into_iter(),
-                Dest::Flood => &mut self.shared.ports.iter(),
+                Dest::Port(p) => &mut table.get(p).into_iter(),
+                Dest::Flood => &mut table.iter(),
                 Dest::Dropped => &mut std::iter::empty(),
             };
+            let hint = flow_hash(f.data);
             for t in targets {
                 // Uplink-to-uplink bridging is not done: each uplink is its own wire.
                 if t.id == id || t.vhost().is_none() {
                     continue;
                 }
                 if let Some(e) = Self::egress(t, vlan) {
-                    self.deliver(t, std::iter::once((frame, e)));
+                    self.deliver(t, hint, std::iter::once((frame, e)));
                 }
             }
         });
@@ -734,17 +876,32 @@ fn stop_broken_queue(port: &Port, q: &mut virtio_queue::Queue, e: RingError) {
 fn deliver_to_guest<'a, 'm: 'a>(
     port: &Port,
     att: &Attached,
+    hint: usize,
     frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
 ) -> Delivered {
     let mut d = Delivered::default();
     let mem = att.mem.memory();
-    let mut rx = att.rx.get_mut();
     let mut no_buffer = 0u64;
-    if !rx.get_queue().ready() || !rx.is_enabled() {
+    // The hinted queue pair if it runs, else the next one that does.
+    let npairs = att.pairs.len().max(1);
+    let mut chosen = None;
+    for k in 0..npairs {
+        let q = (hint + k) % npairs;
+        if !att.is_started(2 * q) {
+            continue;
+        }
+        let rx = att.pairs[q].rx.get_mut();
+        if rx.get_queue().ready() && rx.is_enabled() {
+            chosen = Some((q, rx));
+            break;
+        }
+        att.mark_stopped(2 * q);
+    }
+    let Some((q, mut rx)) = chosen else {
         port.counters
             .drop(DropReason::NoRxBuffer, frames.count() as u64);
         return d;
-    }
+    };
     let mut ring = match SplitRing::new(rx.get_queue(), &mem) {
         Ok(r) => r,
         Err(e) => {
@@ -787,7 +944,27 @@ fn deliver_to_guest<'a, 'm: 'a>(
         }
         Err(e) => stop_broken_queue(port, rx.get_queue_mut(), e),
     }
+    if let Some(qc) = port.counters.queues.get(q) {
+        qc.tx_packets.fetch_add(d.packets, Ordering::Relaxed);
+        qc.tx_bytes.fetch_add(d.bytes, Ordering::Relaxed);
+    }
     d
+}
+
+/// A cheap hash of a frame's addresses (MACs, and IPv4 addresses when present), so
+/// the frames of one flow from an uplink land on one RX queue.
+fn flow_hash(frame: &[u8]) -> usize {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut mix = |b: &[u8]| {
+        for x in b {
+            h = (h ^ u32::from(*x)).wrapping_mul(0x0100_0193);
+        }
+    };
+    mix(frame.get(..12).unwrap_or(&[]));
+    if frame.get(12..14) == Some(&[0x08, 0x00]) {
+        mix(frame.get(26..34).unwrap_or(&[]));
+    }
+    h as usize
 }
 
 /// Writes one frame (virtio-net header + bytes) into as many RX chains as it needs.

@@ -1,17 +1,21 @@
 //! Ports and the vhost-user control plane of VM ports.
 //!
-//! Each VM port has a control thread that owns its listening socket and runs one
-//! `VhostUserDaemon` per connection (a fresh daemon and exit eventfd each time, see
-//! docs: a reused exit fd makes the next worker exit at once). The daemon handles the
-//! vhost-user protocol; the port only captures the connection's two vrings and guest
-//! memory in [`Attached`] so that forwarding threads can drive them directly.
+//! Each VM port has a control thread that listens on its socket (server mode) or
+//! connects to the VMM's socket and reconnects with backoff (client mode), and runs
+//! one `VhostUserDaemon` per connection (a fresh daemon and exit eventfd each time: a
+//! reused exit fd makes the next worker exit at once). A server-mode port serves two
+//! connections at once, so a same-host migration's destination can connect while the
+//! source still runs; the port follows the connection whose rings started last.
+//! The daemon handles the vhost-user protocol; the port only captures the
+//! connection's vrings and guest memory in [`Attached`] so that forwarding threads
+//! can drive them directly.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +32,9 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::{DropReason, PortCounters, PortInfo, PortKind};
-use crate::fdb::PortId;
+use crate::config::PortMode;
+use crate::fdb::{Fdb, PortId};
+use crate::features::MAX_QUEUE_PAIRS;
 use crate::logging::warn_limited;
 use crate::ring::{GuestBitmap, GuestMemAtomic, Vring};
 use crate::uplink::Uplink;
@@ -111,50 +117,121 @@ impl Waker {
     }
 }
 
-/// The rings and memory of a connected frontend, as forwarding threads use them.
-pub struct Attached {
+/// One queue pair of a VM port: RX queue `2n` (the switch writes), TX queue `2n+1`.
+#[derive(Clone)]
+pub struct QueuePair {
     /// Receive queue (switch writes).
     pub rx: Vring,
     /// Transmit queue (switch reads).
     pub tx: Vring,
+}
+
+impl std::fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuePair").finish_non_exhaustive()
+    }
+}
+
+/// The rings and memory of a connected frontend, as forwarding threads use them.
+pub struct Attached {
+    /// The connection these rings belong to (a port may have two during a
+    /// same-host migration; it follows the one whose rings started last).
+    pub conn: u64,
+    /// Queue pairs, in queue order.
+    pub pairs: Vec<QueuePair>,
     /// The connection's guest memory.
     pub mem: GuestMemAtomic,
     /// Features the frontend acknowledged (updated on SET_FEATURES).
     pub features: Arc<AtomicU64>,
+    /// Bit `i`: vring `i` was started and enabled when last seen. A hint that
+    /// spares idle queues a lock per round; the vring lock has the final word.
+    pub started: AtomicU32,
 }
 
 impl std::fmt::Debug for Attached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Attached")
+            .field("conn", &self.conn)
+            .field("pairs", &self.pairs.len())
             .field("features", &self.features.load(Ordering::Relaxed))
+            .field("started", &self.started.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl Attached {
-    /// Whether the guest accepts frames spread over several receive buffers.
-    pub fn mrg_rxbuf(&self) -> bool {
-        self.features.load(Ordering::Relaxed) & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
+    /// Rings of `pairs` for connection `conn`, every queue marked started (for
+    /// benchmarks and tests that drive rings directly).
+    pub fn new(conn: u64, pairs: Vec<QueuePair>, mem: GuestMemAtomic, features: u64) -> Self {
+        let started = if pairs.len() >= 16 {
+            u32::MAX
+        } else {
+            (1u32 << (2 * pairs.len())) - 1
+        };
+        Attached {
+            conn,
+            pairs,
+            mem,
+            features: Arc::new(AtomicU64::new(features)),
+            started: AtomicU32::new(started),
+        }
     }
 
-    /// Stops both rings: after this returns no forwarding thread touches them or
+    /// Features the frontend acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.features.load(Ordering::Relaxed)
+    }
+
+    /// Whether the guest accepts frames spread over several receive buffers.
+    pub fn mrg_rxbuf(&self) -> bool {
+        self.acked() & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
+    }
+
+    /// Whether vring `index` looked started.
+    pub fn is_started(&self, index: usize) -> bool {
+        index < 32 && self.started.load(Ordering::Relaxed) & (1 << index) != 0
+    }
+
+    /// Records that vring `index` runs (a kick or an enable was seen).
+    pub fn mark_started(&self, index: usize) {
+        if index < 32 && !self.is_started(index) {
+            self.started.fetch_or(1 << index, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that vring `index` was found stopped or disabled.
+    pub fn mark_stopped(&self, index: usize) {
+        if index < 32 {
+            self.started.fetch_and(!(1 << index), Ordering::Relaxed);
+        }
+    }
+
+    /// Stops every ring: after this returns no forwarding thread touches them or
     /// the guest memory behind them (they check readiness under the vring lock).
     fn stop(&self) {
-        self.rx.set_queue_ready(false);
-        self.tx.set_queue_ready(false);
+        for p in &self.pairs {
+            p.rx.set_queue_ready(false);
+            p.tx.set_queue_ready(false);
+        }
     }
 }
 
-/// State of a VM (vhost-user) port.
+/// State of a VM port.
 pub struct VhostPort {
     /// Socket path.
     pub socket: PathBuf,
-    /// Rings of the current connection, if its rings are running.
+    /// Who owns the socket.
+    pub mode: PortMode,
+    /// Most queue pairs a frontend may use.
+    pub queue_pairs: usize,
+    /// Rings of the connection the port follows, if its rings are running.
     pub attached: ArcSwapOption<Attached>,
-    /// Connections accepted so far.
+    /// Connections accepted (or made) so far.
     pub connections: AtomicU64,
+    /// Connections open now.
+    pub live: AtomicUsize,
     shutdown: AtomicBool,
-    current: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+    handles: Mutex<Vec<(u64, vhost_user_backend::ShutdownHandle)>>,
 }
 
 /// State of an uplink port.
@@ -186,20 +263,52 @@ pub struct Port {
     pub vlan: u16,
     /// Counters.
     pub counters: PortCounters,
-    /// Forwarding thread that polls this port.
+    /// Forwarding thread of queue pair 0; pair `n` goes to `owner + n` (mod threads).
     pub owner: usize,
-    /// Wakes the owner when the guest kicks.
-    pub waker: Arc<Waker>,
+    /// Every forwarding thread's waker, by thread index.
+    pub wakers: Arc<[Arc<Waker>]>,
     /// Kind-specific state.
     pub backend: PortBackend,
 }
 
 impl Port {
+    /// A port served by thread `owner` (pair 0) out of `wakers.len()` threads.
+    pub fn new(
+        id: PortId,
+        name: String,
+        vlan: u16,
+        owner: usize,
+        wakers: Arc<[Arc<Waker>]>,
+        backend: PortBackend,
+    ) -> Self {
+        Port {
+            id,
+            name,
+            vlan,
+            counters: PortCounters::default(),
+            owner,
+            wakers,
+            backend,
+        }
+    }
+
     /// The VM-port state, if this is one.
     pub fn vhost(&self) -> Option<&VhostPort> {
         match &self.backend {
             PortBackend::Vhost(v) => Some(v),
             PortBackend::Uplink(_) => None,
+        }
+    }
+
+    /// Forwarding thread that polls queue pair `pair`.
+    pub fn thread_for(&self, pair: usize) -> usize {
+        (self.owner + pair) % self.wakers.len().max(1)
+    }
+
+    /// Wakes the thread that polls queue pair `pair`.
+    pub fn wake(&self, pair: usize) {
+        if let Some(w) = self.wakers.get(self.thread_for(pair)) {
+            w.wake();
         }
     }
 
@@ -215,9 +324,7 @@ impl Port {
                     path: v.socket.display().to_string(),
                     vlan: self.vlan,
                     connected: att.is_some(),
-                    acked_features: att
-                        .as_ref()
-                        .map_or(0, |a| a.features.load(Ordering::Relaxed)),
+                    acked_features: att.as_ref().map_or(0, |a| a.acked()),
                 }
             }
             PortBackend::Uplink(u) => PortInfo {
@@ -231,12 +338,21 @@ impl Port {
             },
         }
     }
+
+    /// Stops the port's control plane (VM port: closes its connections and stops
+    /// listening or reconnecting). Forwarding stops with the rings.
+    pub fn close(&self) {
+        if let Some(v) = self.vhost() {
+            v.request_shutdown();
+        }
+    }
 }
 
 impl std::fmt::Debug for VhostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VhostPort")
             .field("socket", &self.socket)
+            .field("mode", &self.mode)
             .field("attached", &self.attached.load().is_some())
             .field("connections", &self.connections.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -244,29 +360,46 @@ impl std::fmt::Debug for VhostPort {
 }
 
 impl VhostPort {
-    /// Port state for `socket` (not yet listening).
-    pub fn new(socket: PathBuf) -> Self {
+    /// Port state for `socket` (not yet listening or connecting).
+    pub fn new(socket: PathBuf, mode: PortMode, queue_pairs: usize) -> Self {
         VhostPort {
             socket,
+            mode,
+            queue_pairs: queue_pairs.clamp(1, MAX_QUEUE_PAIRS),
             attached: ArcSwapOption::empty(),
             connections: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
-            current: Mutex::new(None),
+            handles: Mutex::new(Vec::new()),
         }
     }
 
-    /// Drops the current connection's rings: stops them and forgets them.
-    fn detach(&self) {
-        if let Some(att) = self.attached.swap(None) {
-            att.stop();
+    /// Forgets the rings of connection `conn` if the port follows it; returns
+    /// whether it did.
+    fn detach(&self, conn: u64) -> bool {
+        let prev = self.attached.rcu(|cur| match cur {
+            Some(a) if a.conn == conn => None,
+            other => other.clone(),
+        });
+        match prev {
+            Some(a) if a.conn == conn => {
+                a.stop();
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Asks the control thread to close the connection and stop listening.
+    /// Whether the port is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Asks the control thread to close every connection and stop.
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
-        if let Ok(cur) = self.current.lock() {
-            if let Some(h) = cur.as_ref() {
+        if let Ok(handles) = self.handles.lock() {
+            for (_, h) in handles.iter() {
                 h.shutdown();
             }
         }
@@ -295,6 +428,7 @@ pub fn bind_server_socket(path: &Path) -> Result<UnixListener, PortError> {
 #[derive(Clone)]
 struct NetBackend {
     port: Arc<Port>,
+    conn: u64,
     mem: GuestMemAtomic,
     features: Arc<AtomicU64>,
     captured: Arc<AtomicBool>,
@@ -307,6 +441,14 @@ impl NetBackend {
             .vhost()
             .expect("NetBackend is only created for vhost ports")
     }
+
+    /// The port's rings if they are this connection's.
+    fn mine(&self) -> Option<Arc<Attached>> {
+        self.vhost()
+            .attached
+            .load_full()
+            .filter(|a| a.conn == self.conn)
+    }
 }
 
 impl VhostUserBackend for NetBackend {
@@ -314,7 +456,7 @@ impl VhostUserBackend for NetBackend {
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
-        2
+        2 * self.vhost().queue_pairs
     }
 
     fn max_queue_size(&self) -> usize {
@@ -334,8 +476,19 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn reset_device(&self) {
-        self.vhost().detach();
+        self.vhost().detach(self.conn);
         self.captured.store(false, Ordering::SeqCst);
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The daemon marked the queue not ready under its lock, which waited for any
+        // batch in flight: no forwarding thread touches the ring after this. The next
+        // start (or a migration's destination) re-publishes rings.
+        if let Some(att) = self.mine() {
+            att.mark_stopped(queue_index as usize);
+        }
+        self.captured.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -353,39 +506,86 @@ impl VhostUserBackend for NetBackend {
 
     fn handle_event(
         &self,
-        _device_event: u16,
+        device_event: u16,
         _evset: EventSet,
         vrings: &[Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
-        // Called on every kick, and (vhost-user-backend 0.24) when a vring is enabled:
-        // the first call of a connection publishes its rings to the data plane.
+        // Called on every kick and (vhost-user-backend 0.24) when a vring starts. The
+        // first call after the rings (re)started publishes them: the port follows the
+        // connection whose rings started last (same-host migration hands over here).
         if !self.captured.swap(true, Ordering::SeqCst) {
-            if let [rx, tx] = vrings {
-                self.vhost().attached.store(Some(Arc::new(Attached {
-                    rx: rx.clone(),
-                    tx: tx.clone(),
-                    mem: self.mem.clone(),
-                    features: self.features.clone(),
-                })));
-                log::info!("port {}: rings attached", self.port.name);
+            let pairs: Vec<QueuePair> = vrings
+                .chunks_exact(2)
+                .map(|p| QueuePair {
+                    rx: p[0].clone(),
+                    tx: p[1].clone(),
+                })
+                .collect();
+            let npairs = pairs.len();
+            let prev = self.vhost().attached.swap(Some(Arc::new(Attached {
+                conn: self.conn,
+                pairs,
+                mem: self.mem.clone(),
+                features: self.features.clone(),
+                started: AtomicU32::new(0),
+            })));
+            self.port
+                .counters
+                .queue_pairs
+                .store(npairs, Ordering::Relaxed);
+            match prev {
+                Some(p) if p.conn != self.conn => log::info!(
+                    "port {}: connection {} took over from connection {}",
+                    self.port.name,
+                    self.conn,
+                    p.conn
+                ),
+                _ => log::info!("port {}: rings attached", self.port.name),
             }
         }
-        self.port.waker.wake();
+        let index = usize::from(device_event);
+        if let Some(att) = self.mine() {
+            att.mark_started(index);
+        }
+        self.port.wake(index / 2);
         Ok(())
     }
 }
 
-/// Runs the control plane of a VM port until shutdown: accept, serve, detach, repeat.
-pub fn serve_vhost_port(port: Arc<Port>, listener: UnixListener, fdb: Arc<crate::fdb::Fdb>) {
+/// Most connections a server-mode port serves at once: the VM's own, plus a
+/// migration destination connecting before the source leaves.
+pub const MAX_CONNECTIONS: usize = 2;
+/// First and longest wait between a client-mode port's connection attempts.
+const CLIENT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(250));
+
+/// Runs the control plane of a VM port until it is closed: server mode accepts
+/// connections (several at once), client mode connects and reconnects.
+pub fn serve_vhost_port(port: Arc<Port>, listener: Option<UnixListener>, fdb: Arc<Fdb>) {
     let Some(vp) = port.vhost() else { return };
-    let inner = match InnerSocket::new(&port) {
+    let mut inner = match InnerSocket::new(&port) {
         Ok(i) => i,
         Err(e) => {
             log::error!("port {}: cannot create the daemon's socket: {e}", port.name);
             return;
         }
     };
+    match (vp.mode, listener) {
+        (PortMode::Server, Some(l)) => serve_server(&port, vp, &l, &mut inner, &fdb),
+        (PortMode::Client, _) => serve_client(&port, vp, &mut inner, &fdb),
+        (PortMode::Server, None) => {
+            log::error!("port {}: server mode without a socket", port.name);
+        }
+    }
+}
+
+fn serve_server(
+    port: &Arc<Port>,
+    vp: &VhostPort,
+    listener: &UnixListener,
+    inner: &mut InnerSocket,
+    fdb: &Arc<Fdb>,
+) {
     let epoll = match listener
         .set_nonblocking(true)
         .and_then(|_| Epoll::new())
@@ -403,9 +603,10 @@ pub fn serve_vhost_port(port: Arc<Port>, listener: UnixListener, fdb: Arc<crate:
             return;
         }
     };
-    let mut inner = inner;
+    let mut running: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut events = [EpollEvent::default(); 1];
-    while !vp.shutdown.load(Ordering::SeqCst) {
+    while !vp.is_shutting_down() {
+        running.retain(|t| !t.is_finished());
         match epoll.wait(200, &mut events) {
             Ok(0) => continue,
             Ok(_) => {}
@@ -424,12 +625,78 @@ pub fn serve_vhost_port(port: Arc<Port>, listener: UnixListener, fdb: Arc<crate:
                 continue;
             }
         };
-        if let Err(e) = serve_connection(&port, vp, frontend, &mut inner) {
+        if vp.live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
             port.counters.drop(DropReason::ProtocolError, 1);
-            warn_limited!("port {}: connection closed: {e}", port.name);
+            warn_limited!(
+                "port {}: refused a connection: {MAX_CONNECTIONS} already open",
+                port.name
+            );
+            continue;
         }
-        // Frames for MACs behind the old connection must flood until relearned.
-        fdb.flush_port(port.id);
+        match Connection::start(port, frontend, inner) {
+            Ok(c) => {
+                let (port, fdb) = (port.clone(), fdb.clone());
+                let t = std::thread::Builder::new()
+                    .name(format!("conn-{}", port.name))
+                    .spawn(move || c.run(&port, &fdb));
+                match t {
+                    Ok(t) => running.push(t),
+                    Err(e) => log::error!("connection thread: {e}"),
+                }
+            }
+            Err(e) => {
+                port.counters.drop(DropReason::ProtocolError, 1);
+                warn_limited!("port {}: connection failed: {e}", port.name);
+            }
+        }
+    }
+    vp.request_shutdown();
+    for t in running {
+        let _ = t.join();
+    }
+}
+
+fn serve_client(port: &Arc<Port>, vp: &VhostPort, inner: &mut InnerSocket, fdb: &Arc<Fdb>) {
+    let mut backoff = CLIENT_BACKOFF.0;
+    let mut reported = false;
+    while !vp.is_shutting_down() {
+        match UnixStream::connect(&vp.socket) {
+            Ok(frontend) => {
+                reported = false;
+                backoff = CLIENT_BACKOFF.0;
+                match Connection::start(port, frontend, inner) {
+                    Ok(c) => c.run(port, fdb),
+                    Err(e) => {
+                        port.counters.drop(DropReason::ProtocolError, 1);
+                        warn_limited!("port {}: connection failed: {e}", port.name);
+                        sleep_unless_shutdown(vp, backoff);
+                    }
+                }
+            }
+            Err(e) => {
+                if !reported {
+                    log::info!(
+                        "port {}: cannot connect to {} ({e}); retrying",
+                        port.name,
+                        vp.socket.display()
+                    );
+                    reported = true;
+                }
+                sleep_unless_shutdown(vp, backoff);
+                backoff = (backoff * 2).min(CLIENT_BACKOFF.1);
+            }
+        }
+    }
+}
+
+fn sleep_unless_shutdown(vp: &VhostPort, d: Duration) {
+    let until = std::time::Instant::now() + d;
+    while !vp.is_shutting_down() {
+        let now = std::time::Instant::now();
+        if now >= until {
+            break;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(20)));
     }
 }
 
@@ -470,84 +737,125 @@ impl Drop for InnerSocket {
     }
 }
 
-fn serve_connection(
-    port: &Arc<Port>,
-    vp: &VhostPort,
+/// One frontend connection: its daemon and the two relay threads.
+struct Connection {
+    conn: u64,
+    daemon: VhostUserDaemon<NetBackend>,
+    exit: Arc<(EventConsumer, EventNotifier)>,
     frontend: UnixStream,
-    inner: &mut InnerSocket,
-) -> Result<(), String> {
-    frontend
-        .set_nonblocking(false)
-        .map_err(|e| format!("socket setup: {e}"))?;
-    let (exit_c, exit_n) =
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(|e| e.to_string())?;
-    let exit = Arc::new((exit_c, exit_n));
-    let backend = NetBackend {
-        port: port.clone(),
-        mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        features: Arc::new(AtomicU64::new(0)),
-        captured: Arc::new(AtomicBool::new(false)),
-        exit: exit.clone(),
-    };
-    let mut daemon = VhostUserDaemon::new(
-        format!("vhu-{}", port.name),
-        backend.clone(),
-        backend.mem.clone(),
-    )
-    .map_err(|e| format!("cannot create daemon: {e}"))?;
-    let daemon_side = UnixStream::connect(&inner.path).map_err(|e| format!("relay: {e}"))?;
-    daemon
-        .start(&mut inner.listener)
-        .map_err(|e| format!("daemon accept failed: {e}"))?;
-    vp.connections.fetch_add(1, Ordering::Relaxed);
-    log::info!("port {}: frontend connected", port.name);
-    let clones = frontend
-        .try_clone()
-        .and_then(|f| Ok((f, daemon_side.try_clone()?)));
-    let (fe2, ds2) = clones.map_err(|e| format!("relay: {e}"))?;
-    let up = std::thread::Builder::new()
-        .name(format!("relay-{}", port.name))
-        .spawn(move || crate::relay::frontend_to_daemon(&frontend, &daemon_side));
-    let down = std::thread::Builder::new()
-        .name(format!("relay-{}-r", port.name))
-        .spawn({
-            let (fe, ds) = (
-                fe2.try_clone().map_err(|e| format!("relay: {e}"))?,
-                ds2.try_clone().map_err(|e| format!("relay: {e}"))?,
-            );
-            move || crate::relay::daemon_to_frontend(&ds, &fe)
-        });
-    if let Ok(mut cur) = vp.current.lock() {
-        *cur = daemon.shutdown_handle();
-    }
-    if vp.shutdown.load(Ordering::SeqCst) {
-        daemon.request_shutdown();
-    }
-    let result = daemon.wait();
-    if let Ok(mut cur) = vp.current.lock() {
-        *cur = None;
-    }
-    vp.detach();
-    let _ = exit.1.notify();
-    // Unblock the relay threads whichever side ended first.
-    let _ = fe2.shutdown(std::net::Shutdown::Both);
-    let _ = ds2.shutdown(std::net::Shutdown::Both);
-    let relayed = match up {
-        Ok(t) => t.join().unwrap_or(Ok(())),
-        Err(e) => return Err(format!("relay thread: {e}")),
-    };
-    if let Ok(t) = down {
-        let _ = t.join();
-    }
-    log::info!("port {}: frontend disconnected", port.name);
-    relayed.map_err(|e| e.to_string())?;
-    match result {
-        // A frontend closing its socket between messages is the normal way to leave.
-        Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
-            Ok(())
+    daemon_side: UnixStream,
+    up: std::thread::JoinHandle<Result<(), crate::relay::RelayError>>,
+    down: std::thread::JoinHandle<()>,
+}
+
+impl Connection {
+    /// Creates a daemon for `frontend` and starts relaying to it.
+    fn start(
+        port: &Arc<Port>,
+        frontend: UnixStream,
+        inner: &mut InnerSocket,
+    ) -> Result<Connection, String> {
+        let vp = port.vhost().ok_or("not a VM port")?;
+        frontend
+            .set_nonblocking(false)
+            .map_err(|e| format!("socket setup: {e}"))?;
+        let (exit_c, exit_n) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(|e| e.to_string())?;
+        let exit = Arc::new((exit_c, exit_n));
+        let conn = vp.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let backend = NetBackend {
+            port: port.clone(),
+            conn,
+            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            features: Arc::new(AtomicU64::new(0)),
+            captured: Arc::new(AtomicBool::new(false)),
+            exit: exit.clone(),
+        };
+        let mut daemon = VhostUserDaemon::new(
+            format!("vhu-{}", port.name),
+            backend.clone(),
+            backend.mem.clone(),
+        )
+        .map_err(|e| format!("cannot create daemon: {e}"))?;
+        let daemon_side = UnixStream::connect(&inner.path).map_err(|e| format!("relay: {e}"))?;
+        daemon
+            .start(&mut inner.listener)
+            .map_err(|e| format!("daemon accept failed: {e}"))?;
+        let clone = |s: &UnixStream| s.try_clone().map_err(|e| format!("relay: {e}"));
+        let (fe_up, ds_up, fe_down, ds_down) = (
+            clone(&frontend)?,
+            clone(&daemon_side)?,
+            clone(&frontend)?,
+            clone(&daemon_side)?,
+        );
+        let up = std::thread::Builder::new()
+            .name(format!("relay-{}", port.name))
+            .spawn(move || crate::relay::frontend_to_daemon(&fe_up, &ds_up))
+            .map_err(|e| format!("relay thread: {e}"))?;
+        let down = std::thread::Builder::new()
+            .name(format!("relay-{}-r", port.name))
+            .spawn(move || crate::relay::daemon_to_frontend(&ds_down, &fe_down))
+            .map_err(|e| format!("relay thread: {e}"))?;
+        if let Ok(mut handles) = vp.handles.lock() {
+            if let Some(h) = daemon.shutdown_handle() {
+                handles.push((conn, h));
+            }
         }
-        Err(e) => Err(e.to_string()),
+        vp.live.fetch_add(1, Ordering::SeqCst);
+        log::info!("port {}: frontend connected (connection {conn})", port.name);
+        Ok(Connection {
+            conn,
+            daemon,
+            exit,
+            frontend,
+            daemon_side,
+            up,
+            down,
+        })
+    }
+
+    /// Serves the connection until it ends, then cleans up after it.
+    fn run(mut self, port: &Arc<Port>, fdb: &Fdb) {
+        let Some(vp) = port.vhost() else { return };
+        if vp.is_shutting_down() {
+            self.daemon.request_shutdown();
+        }
+        let result = self.daemon.wait();
+        if let Ok(mut handles) = vp.handles.lock() {
+            handles.retain(|(c, _)| *c != self.conn);
+        }
+        if vp.detach(self.conn) {
+            // Frames for MACs behind the old connection must flood until relearned.
+            fdb.flush_port(port.id);
+        }
+        let _ = self.exit.1.notify();
+        // Unblock the relay threads whichever side ended first.
+        let _ = self.frontend.shutdown(std::net::Shutdown::Both);
+        let _ = self.daemon_side.shutdown(std::net::Shutdown::Both);
+        let relayed = self.up.join().unwrap_or(Ok(()));
+        let _ = self.down.join();
+        vp.live.fetch_sub(1, Ordering::SeqCst);
+        log::info!(
+            "port {}: frontend disconnected (connection {})",
+            port.name,
+            self.conn
+        );
+        let outcome = match (relayed, result) {
+            (Err(e), _) => Err(e.to_string()),
+            // A frontend closing its socket between messages is the normal way to leave.
+            (Ok(()), Ok(()))
+            | (
+                Ok(()),
+                Err(vhost_user_backend::Error::HandleRequest(
+                    vhost::vhost_user::Error::Disconnected,
+                )),
+            ) => Ok(()),
+            (Ok(()), Err(e)) => Err(e.to_string()),
+        };
+        if let Err(e) = outcome {
+            port.counters.drop(DropReason::ProtocolError, 1);
+            warn_limited!("port {}: connection closed: {e}", port.name);
+        }
     }
 }
 

@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::api::{FdbEntryInfo, PortCounters, PortStats, Request, Response};
-use crate::config::{ConfigError, SwitchConfig};
+use arc_swap::ArcSwap;
+
+use crate::api::{FdbEntryInfo, PortInfo, PortStats, Request, Response};
+use crate::config::{ConfigError, PortConfig, PortMode, SwitchConfig};
 use crate::control::{ControlError, ControlHandler, ControlServer};
 use crate::fdb::{Fdb, PortId};
-use crate::forward::{Forwarder, Shared};
+use crate::forward::{Forwarder, PortTable, Shared};
 use crate::port::{
     bind_server_socket, serve_vhost_port, Port, PortBackend, PortError, UplinkPort, VhostPort,
     Waker,
@@ -47,22 +49,164 @@ pub enum SwitchError {
 #[derive(Debug)]
 struct State {
     shared: Arc<Shared>,
+    /// Serialises port additions and removals; holds each VM port's control thread.
+    ports_ctl: Mutex<PortsCtl>,
+}
+
+/// Bookkeeping of VM ports' control threads and the sockets the switch created.
+#[derive(Debug, Default)]
+struct PortsCtl {
+    threads: Vec<(PortId, JoinHandle<()>)>,
+    sockets: Vec<(PortId, PathBuf)>,
+}
+
+/// Why a port could not be added or removed at run time.
+#[derive(Debug, thiserror::Error)]
+pub enum PortChangeError {
+    /// The port's settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Its socket could not be created.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// A port with this name or socket exists.
+    #[error("a port named {0} or on that socket exists already")]
+    Exists(String),
+    /// No such port.
+    #[error("no VM port named {0}")]
+    NotFound(String),
+    /// Too many ports were added over the switch's life (ids are not reused).
+    #[error("port table full")]
+    Full,
+    /// A thread could not be started.
+    #[error("cannot start the port's thread")]
+    Thread(#[source] std::io::Error),
 }
 
 impl State {
     fn port_name(&self, id: PortId) -> String {
         self.shared
             .ports
-            .get(usize::from(id))
+            .load()
+            .get(id)
             .map_or_else(|| format!("#{id}"), |p| p.name.clone())
+    }
+
+    /// Adds a VM port: socket first, then the table, then its control thread.
+    fn add_port(&self, pc: &PortConfig) -> Result<Arc<Port>, PortChangeError> {
+        pc.validate()?;
+        let mut ctl = self
+            .ports_ctl
+            .lock()
+            .map_err(|_| PortChangeError::Thread(std::io::Error::other("lock poisoned")))?;
+        let name = pc.port_name();
+        let table = self.shared.ports.load_full();
+        let clash = table.iter().any(|p| {
+            p.name == name || p.vhost().is_some_and(|v| v.socket == pc.socket)
+        });
+        if clash {
+            return Err(PortChangeError::Exists(name));
+        }
+        let id = PortId::try_from(table.slots.len()).map_err(|_| PortChangeError::Full)?;
+        if id == PortId::MAX {
+            return Err(PortChangeError::Full);
+        }
+        let listener = match pc.mode {
+            PortMode::Server => Some(bind_server_socket(&pc.socket)?),
+            PortMode::Client => None,
+        };
+        let port = self.new_vhost_port(id, pc);
+        let t = {
+            let (port, fdb) = (port.clone(), self.shared.fdb.clone());
+            std::thread::Builder::new()
+                .name(format!("port-{}", port.name))
+                .spawn(move || serve_vhost_port(port, listener, fdb))
+        };
+        let t = match t {
+            Ok(t) => t,
+            Err(e) => {
+                if pc.mode == PortMode::Server {
+                    let _ = std::fs::remove_file(&pc.socket);
+                }
+                return Err(PortChangeError::Thread(e));
+            }
+        };
+        let mut slots = table.slots.clone();
+        slots.push(Some(port.clone()));
+        self.shared.ports.store(Arc::new(PortTable {
+            generation: table.generation + 1,
+            slots,
+        }));
+        ctl.threads.push((id, t));
+        if pc.mode == PortMode::Server {
+            ctl.sockets.push((id, pc.socket.clone()));
+        }
+        self.wake_all();
+        log::info!("port {name} added ({:?} {})", pc.mode, pc.socket.display());
+        Ok(port)
+    }
+
+    fn new_vhost_port(&self, id: PortId, pc: &PortConfig) -> Arc<Port> {
+        let nthreads = self.shared.wakers.len().max(1);
+        Arc::new(Port::new(
+            id,
+            pc.port_name(),
+            pc.vlan,
+            usize::from(id) % nthreads,
+            self.shared.wakers.clone(),
+            PortBackend::Vhost(VhostPort::new(
+                pc.socket.clone(),
+                pc.mode,
+                usize::from(pc.queues),
+            )),
+        ))
+    }
+
+    /// Removes a VM port: out of the table, connections closed, FDB entries and
+    /// socket gone.
+    fn remove_port(&self, name: &str) -> Result<(), PortChangeError> {
+        let mut ctl = self
+            .ports_ctl
+            .lock()
+            .map_err(|_| PortChangeError::Thread(std::io::Error::other("lock poisoned")))?;
+        let table = self.shared.ports.load_full();
+        let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()).cloned() else {
+            return Err(PortChangeError::NotFound(name.to_string()));
+        };
+        let mut slots = table.slots.clone();
+        slots[usize::from(port.id)] = None;
+        self.shared.ports.store(Arc::new(PortTable {
+            generation: table.generation + 1,
+            slots,
+        }));
+        self.wake_all();
+        port.close();
+        if let Some(i) = ctl.threads.iter().position(|(id, _)| *id == port.id) {
+            let (_, t) = ctl.threads.swap_remove(i);
+            let _ = t.join();
+        }
+        self.shared.fdb.flush_port(port.id);
+        if let Some(i) = ctl.sockets.iter().position(|(id, _)| *id == port.id) {
+            let (_, path) = ctl.sockets.swap_remove(i);
+            let _ = std::fs::remove_file(path);
+        }
+        log::info!("port {name} removed");
+        Ok(())
+    }
+
+    fn wake_all(&self) {
+        for w in self.shared.wakers.iter() {
+            w.wake();
+        }
     }
 }
 
 impl ControlHandler for State {
     fn handle(&self, req: &Request) -> Response {
+        let table = self.shared.ports.load();
         match req {
             Request::Ports {} => Response::Ports {
-                ports: self.shared.ports.iter().map(|p| p.info()).collect(),
+                ports: table.iter().map(|p| p.info()).collect(),
             },
             Request::Fdb {} => Response::Fdb {
                 entries: self
@@ -79,15 +223,37 @@ impl ControlHandler for State {
                     .collect(),
             },
             Request::Stats {} => Response::Stats {
-                ports: self
-                    .shared
-                    .ports
+                ports: table
                     .iter()
                     .map(|p| p.counters.snapshot(&p.name))
                     .collect(),
             },
+            Request::PortAdd { port } => match self.add_port(port) {
+                Ok(p) => Response::PortAdded { port: p.info() },
+                Err(e) => Response::Error {
+                    message: error_chain(&e),
+                },
+            },
+            Request::PortDel { name } => match self.remove_port(name) {
+                Ok(()) => Response::PortDeleted { name: name.clone() },
+                Err(e) => Response::Error {
+                    message: error_chain(&e),
+                },
+            },
         }
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
 }
 
 /// A running switch. Dropping it (or [`Switch::shutdown`]) stops every thread and
@@ -96,7 +262,6 @@ impl ControlHandler for State {
 pub struct Switch {
     state: Arc<State>,
     threads: Vec<JoinHandle<()>>,
-    sockets: Vec<PathBuf>,
     control: Option<ControlServer>,
     stopped: AtomicBool,
     housekeeping: Mutex<Option<JoinHandle<()>>>,
@@ -108,69 +273,37 @@ impl Switch {
     pub fn start(config: SwitchConfig) -> Result<Switch, SwitchError> {
         config.validate()?;
         let nthreads = config.switch.cpus.len().max(1);
-        let wakers = (0..nthreads)
+        let wakers: Arc<[Arc<Waker>]> = (0..nthreads)
             .map(|_| Waker::new().map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| SwitchError::Resource {
                 what: "eventfd".into(),
                 source,
-            })?;
+            })?
+            .into();
         let max_frame = config.max_frame_len();
 
-        // Create every socket and open every uplink before starting any thread.
-        let mut listeners = Vec::new();
-        let mut sockets = Vec::new();
+        // Open every uplink before starting any thread; VM ports follow through the
+        // same path as run-time additions.
         let mut ports = Vec::new();
-        let cleanup = |sockets: &[PathBuf]| {
-            for s in sockets {
-                let _ = std::fs::remove_file(s);
-            }
-        };
-        for (i, pc) in config.ports.iter().enumerate() {
-            let listener = match bind_server_socket(&pc.socket) {
-                Ok(l) => l,
-                Err(e) => {
-                    cleanup(&sockets);
-                    return Err(e.into());
-                }
-            };
-            sockets.push(pc.socket.clone());
-            listeners.push(listener);
-            let owner = i % nthreads;
-            ports.push(Arc::new(Port {
-                id: port_id(ports.len()),
-                name: pc.port_name(),
-                vlan: pc.vlan,
-                counters: PortCounters::default(),
-                owner,
-                waker: wakers[owner].clone(),
-                backend: PortBackend::Vhost(VhostPort::new(pc.socket.clone())),
-            }));
-        }
         for uc in &config.uplinks {
-            let uplink = match Uplink::open(uc, max_frame) {
-                Ok(u) => u,
-                Err(e) => {
-                    cleanup(&sockets);
-                    return Err(e.into());
-                }
-            };
-            ports.push(Arc::new(Port {
-                id: port_id(ports.len()),
-                name: uc.ifname.clone(),
-                vlan: uc.native_vlan,
-                counters: PortCounters::default(),
-                owner: 0,
-                waker: wakers[0].clone(),
-                backend: PortBackend::Uplink(Box::new(UplinkPort {
+            let uplink = Uplink::open(uc, max_frame)?;
+            ports.push(Arc::new(Port::new(
+                port_id(ports.len()),
+                uc.ifname.clone(),
+                uc.native_vlan,
+                0,
+                wakers.clone(),
+                PortBackend::Uplink(Box::new(UplinkPort {
                     sock: Mutex::new(uplink),
                     ifname: uc.ifname.clone(),
                 })),
-            }));
+            )));
         }
 
         let shared = Arc::new(Shared {
-            ports,
+            ports: ArcSwap::from_pointee(PortTable::new(ports)),
+            wakers: wakers.clone(),
             fdb: Arc::new(Fdb::new(
                 config.switch.fdb_capacity,
                 config.switch.fdb_aging_secs,
@@ -181,19 +314,30 @@ impl Switch {
         });
         let state = Arc::new(State {
             shared: shared.clone(),
+            ports_ctl: Mutex::new(PortsCtl::default()),
         });
         let mut switch = Switch {
             state,
             threads: Vec::new(),
-            sockets,
             control: None,
             stopped: AtomicBool::new(false),
             housekeeping: Mutex::new(None),
         };
+        for pc in &config.ports {
+            // On error, dropping `switch` closes the ports already added.
+            switch.state.add_port(pc).map_err(|e| match e {
+                PortChangeError::Port(p) => SwitchError::Port(p),
+                PortChangeError::Config(c) => SwitchError::Config(c),
+                other => SwitchError::Resource {
+                    what: format!("port {}", pc.port_name()),
+                    source: std::io::Error::other(other.to_string()),
+                },
+            })?;
+        }
 
-        for (i, waker) in wakers.into_iter().enumerate() {
+        for (i, waker) in wakers.iter().enumerate() {
             let cpu = config.switch.cpus.get(i).copied();
-            let fwd = Forwarder::new(i, shared.clone(), waker);
+            let fwd = Forwarder::new(i, shared.clone(), waker.clone());
             // The thread pins itself and reports back: a CPU that cannot be used is a
             // start-up error, not a silently unpinned thread.
             let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
@@ -227,18 +371,6 @@ impl Switch {
                     })
                 }
             }
-        }
-        for (port, listener) in shared
-            .ports
-            .iter()
-            .filter(|p| p.vhost().is_some())
-            .zip(listeners)
-        {
-            let (port, fdb) = (port.clone(), shared.fdb.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("port-{}", port.name))
-                .spawn(move || serve_vhost_port(port, listener, fdb));
-            switch.spawned(t, "port thread")?;
         }
         let aging = {
             let shared = shared.clone();
@@ -295,9 +427,19 @@ impl Switch {
         self.state
             .shared
             .ports
-            .iter()
-            .find(|p| p.name == name)
+            .load()
+            .by_name(name)
             .map(|p| p.counters.snapshot(&p.name))
+    }
+
+    /// Adds a VM port while the switch runs.
+    pub fn add_port(&self, port: &PortConfig) -> Result<PortInfo, PortChangeError> {
+        self.state.add_port(port).map(|p| p.info())
+    }
+
+    /// Removes the VM port called `name` while the switch runs.
+    pub fn remove_port(&self, name: &str) -> Result<(), PortChangeError> {
+        self.state.remove_port(name)
     }
 
     /// Stops forwarding, closes every connection, removes the sockets.
@@ -314,22 +456,25 @@ impl Switch {
         }
         let shared = &self.state.shared;
         shared.shutdown.store(true, Ordering::SeqCst);
-        for p in &shared.ports {
-            p.waker.wake();
-            if let Some(v) = p.vhost() {
-                v.request_shutdown();
-            }
+        self.state.wake_all();
+        for p in shared.ports.load().iter() {
+            p.close();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Ok(mut ctl) = self.state.ports_ctl.lock() {
+            for (_, t) in ctl.threads.drain(..) {
+                let _ = t.join();
+            }
+            for (_, s) in ctl.sockets.drain(..) {
+                let _ = std::fs::remove_file(s);
+            }
         }
         if let Ok(mut h) = self.housekeeping.lock() {
             if let Some(t) = h.take() {
                 let _ = t.join();
             }
-        }
-        for s in &self.sockets {
-            let _ = std::fs::remove_file(s);
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use clap::{Args, Subcommand};
 
+mod port;
 mod run;
 mod show;
 
@@ -22,6 +23,8 @@ enum SwitchCommand {
     Fdb(show::ShowArgs),
     /// Show per-port counters of a running switch.
     Stats(show::ShowArgs),
+    /// Add or remove a VM port of a running switch.
+    Port(port::PortArgs),
 }
 
 /// Runs `accelnet switch ...`.
@@ -31,5 +34,6 @@ pub fn run(args: SwitchArgs) -> anyhow::Result<()> {
         SwitchCommand::Ports(a) => show::show(&a, show::What::Ports),
         SwitchCommand::Fdb(a) => show::show(&a, show::What::Fdb),
         SwitchCommand::Stats(a) => show::show(&a, show::What::Stats),
+        SwitchCommand::Port(a) => port::run(a),
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use vswitch::config::DEFAULT_VLAN;
+use vswitch::config::{PortMode, DEFAULT_VLAN};
 use vswitch::{PortConfig, Switch, SwitchConfig, UplinkConfig};
 
 /// Arguments of `accelnet switch run`.
@@ -19,6 +19,14 @@ pub struct RunArgs {
     /// The port is named after the file stem and sits in VLAN 1.
     #[arg(long = "vhost-user-server", value_name = "PATH")]
     vhost_user_server: Vec<PathBuf>,
+    /// Connect to a vhost-user-net socket the VMM created at PATH (QEMU
+    /// `server=on`) for a VM port, and reconnect whenever either side restarts
+    /// (repeatable).
+    #[arg(long = "vhost-user-client", value_name = "PATH")]
+    vhost_user_client: Vec<PathBuf>,
+    /// Queue pairs each VM port from the flags offers, 1..=8 (default 4).
+    #[arg(long, value_name = "N")]
+    queues: Option<u16>,
     /// Attach host interface IFNAME as an uplink, native VLAN 1 (repeatable).
     #[arg(long, value_name = "IFNAME")]
     uplink: Vec<String>,
@@ -70,9 +78,14 @@ fn build_config(args: &RunArgs) -> anyhow::Result<SwitchConfig> {
         Some(file) => SwitchConfig::from_file(file)?,
         None => SwitchConfig::default(),
     };
-    config
-        .ports
-        .extend(args.vhost_user_server.iter().map(PortConfig::new));
+    let queues = args.queues.unwrap_or(vswitch::config::DEFAULT_QUEUES);
+    config.ports.extend(
+        args.vhost_user_server
+            .iter()
+            .map(PortConfig::new)
+            .chain(args.vhost_user_client.iter().map(PortConfig::client))
+            .map(|p| PortConfig { queues, ..p }),
+    );
     config
         .uplinks
         .extend(args.uplink.iter().map(|ifname| UplinkConfig {
@@ -94,11 +107,16 @@ fn build_config(args: &RunArgs) -> anyhow::Result<SwitchConfig> {
 /// One line per port on stderr.
 fn announce(config: &SwitchConfig) {
     for p in &config.ports {
+        let mode = match p.mode {
+            PortMode::Server => "server on",
+            PortMode::Client => "client of",
+        };
         eprintln!(
-            "port {}: vhost-user-net server on {}, VLAN {}",
+            "port {}: vhost-user-net {mode} {}, VLAN {}, {} queue pairs",
             p.port_name(),
             p.socket.display(),
-            p.vlan
+            p.vlan,
+            p.queues
         );
     }
     for u in &config.uplinks {

@@ -84,6 +84,8 @@ fn response_kind(resp: &Response) -> &'static str {
         Response::Ports { .. } => "ports",
         Response::Fdb { .. } => "fdb",
         Response::Stats { .. } => "stats",
+        Response::PortAdded { .. } => "port_added",
+        Response::PortDeleted { .. } => "port_deleted",
         Response::Error { .. } => "error",
     }
 }
@@ -104,7 +106,7 @@ fn payload_json(resp: &Response) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn ports_table(ports: &[PortInfo]) -> String {
+pub(super) fn ports_table(ports: &[PortInfo]) -> String {
     let mut t = Table::new(&[
         ("ID", Align::Right),
         ("NAME", Align::Left),

@@ -9,16 +9,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vhost_user_backend::VringT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
-use arc_swap::ArcSwap;
 use vswitch::config::PortMode;
 use vswitch::fdb::Fdb;
 use vswitch::forward::{Forwarder, PortTable, Shared, VNET_HDR_LEN};
-use vswitch::port::{
-    Attached, Port, PortBackend, QueuePair, VhostPort, Waker, OFFERED_FEATURES,
-};
+use vswitch::port::{Attached, Port, PortBackend, QueuePair, VhostPort, Waker, OFFERED_FEATURES};
 use vswitch::ring::{GuestMem, Vring};
 use vswitch::MacAddr;
 

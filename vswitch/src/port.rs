@@ -557,7 +557,8 @@ impl VhostUserBackend for NetBackend {
 /// migration destination connecting before the source leaves.
 pub const MAX_CONNECTIONS: usize = 2;
 /// First and longest wait between a client-mode port's connection attempts.
-const CLIENT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(250));
+const CLIENT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_millis(250));
 
 /// Runs the control plane of a VM port until it is closed: server mode accepts
 /// connections (several at once), client mode connects and reconnects.

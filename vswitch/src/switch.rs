@@ -101,9 +101,9 @@ impl State {
             .map_err(|_| PortChangeError::Thread(std::io::Error::other("lock poisoned")))?;
         let name = pc.port_name();
         let table = self.shared.ports.load_full();
-        let clash = table.iter().any(|p| {
-            p.name == name || p.vhost().is_some_and(|v| v.socket == pc.socket)
-        });
+        let clash = table
+            .iter()
+            .any(|p| p.name == name || p.vhost().is_some_and(|v| v.socket == pc.socket));
         if clash {
             return Err(PortChangeError::Exists(name));
         }
@@ -223,10 +223,7 @@ impl ControlHandler for State {
                     .collect(),
             },
             Request::Stats {} => Response::Stats {
-                ports: table
-                    .iter()
-                    .map(|p| p.counters.snapshot(&p.name))
-                    .collect(),
+                ports: table.iter().map(|p| p.counters.snapshot(&p.name)).collect(),
             },
             Request::PortAdd { port } => match self.add_port(port) {
                 Ok(p) => Response::PortAdded { port: p.info() },

@@ -49,15 +49,23 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn test_testpmd_virtio_user_forwards_64b_frames_through_switch() {
-    run_case(64);
+    run_case(64, 1);
 }
 
 #[test]
 fn test_testpmd_virtio_user_forwards_1518b_frames_through_switch() {
-    run_case(1518);
+    run_case(1518, 1);
 }
 
-fn run_case(frame_len: u64) {
+/// Two queue pairs per port (virtio-user `queues=2,cq=1`: its control queue turns
+/// the queue-pair count into SET_VRING_ENABLE messages), served by two forwarding
+/// threads: every queue pair of both ports carries traffic both ways.
+#[test]
+fn test_testpmd_virtio_user_two_queue_pairs_spread_over_two_threads() {
+    run_case(64, 2);
+}
+
+fn run_case(frame_len: u64, queues: u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let testpmd = find_in_path(TESTPMD).unwrap_or_else(|| {
         panic!(
@@ -81,15 +89,27 @@ fn run_case(frame_len: u64) {
         dir.path().to_path_buf(),
     );
 
-    let switch = Switch::start(SwitchConfig {
+    let mut config = SwitchConfig {
         ports: vec![PortConfig::new(&sock0), PortConfig::new(&sock1)],
         ..Default::default()
-    })
-    .unwrap_or_else(|e| panic!("Switch::start failed: {}", error_chain(&e)));
+    };
+    if queues > 1 {
+        // One forwarding thread per queue pair.
+        config.switch.cpus = (0..queues as usize).map(|c| c % 2).collect();
+    }
+    let switch = Switch::start(config)
+        .unwrap_or_else(|e| panic!("Switch::start failed: {}", error_chain(&e)));
     wait_until(Duration::from_secs(10), || sock0.exists() && sock1.exists())
         .unwrap_or_else(|| panic!("the switch did not create {sock0:?} and {sock1:?}"));
 
-    let mut tp = Testpmd::spawn(&testpmd, &prefix, &sock0, &sock1, frame_len, &testpmd_pid);
+    let mut tp = Testpmd::spawn(
+        &testpmd,
+        &prefix,
+        [&sock0, &sock1],
+        frame_len,
+        queues,
+        &testpmd_pid,
+    );
     let run = drive(&mut tp);
     // Switch counters; the ports are named after the socket file stems.
     let sw0 = switch.port_stats("p0");
@@ -103,13 +123,29 @@ fn run_case(frame_len: u64) {
     drop(tp);
     let sw0 = sw0.unwrap_or_else(|| panic!("the switch has no port p0\n{summary}"));
     let sw1 = sw1.unwrap_or_else(|| panic!("the switch has no port p1\n{summary}"));
-    check(frame_len, &run, [&sw0, &sw1], &summary);
-    eprintln!("dpdk_frontend {frame_len} B: ok\n{summary}");
+    check(frame_len, queues, &run, [&sw0, &sw1], &summary);
+    eprintln!("dpdk_frontend {frame_len} B, {queues} queue pairs: ok\n{summary}");
 }
 
 /// The assertions of one case; `summary` goes into every failure message.
-fn check(frame_len: u64, run: &RunStats, switch: [&PortStats; 2], summary: &str) {
+fn check(frame_len: u64, queues: u64, run: &RunStats, switch: [&PortStats; 2], summary: &str) {
+    let slack = IN_FLIGHT_SLACK * queues;
     for (port, sw) in switch.into_iter().enumerate() {
+        // Every queue pair the frontend enabled carried traffic both ways.
+        assert_eq!(
+            sw.queues.len() as u64,
+            queues.max(1),
+            "switch p{port}: queue pairs reported\n{summary}"
+        );
+        if queues > 1 {
+            for q in &sw.queues {
+                assert!(
+                    q.rx_packets > INJECTED && q.tx_packets > INJECTED,
+                    "switch p{port} queue pair {} carried too little: {q:?}\n{summary}",
+                    q.queue
+                );
+            }
+        }
         let (mid, fin, fwd) = (&run.during[port], &run.after_stop[port], &run.forward[port]);
         // Sustained forwarding in both directions, seen while the loop was running.
         assert!(
@@ -148,17 +184,17 @@ fn check(frame_len: u64, run: &RunStats, switch: [&PortStats; 2], summary: &str)
         // for frames that reached the ring after testpmd stopped polling it. testpmd's
         // TX-dropped (its tx ring was full) never reached the switch.
         assert!(
-            sw.rx_packets <= fin.tx_packets && fin.tx_packets - sw.rx_packets <= IN_FLIGHT_SLACK,
+            sw.rx_packets <= fin.tx_packets && fin.tx_packets - sw.rx_packets <= slack,
             "switch rx on p{port} ({}) vs testpmd TX-packets on port {port} ({}), \
-             slack {IN_FLIGHT_SLACK} (testpmd TX-dropped {})\n{summary}",
+             slack {slack} (testpmd TX-dropped {})\n{summary}",
             sw.rx_packets,
             fin.tx_packets,
             fwd.tx_dropped
         );
         assert!(
-            sw.tx_packets >= fin.rx_packets && sw.tx_packets - fin.rx_packets <= IN_FLIGHT_SLACK,
+            sw.tx_packets >= fin.rx_packets && sw.tx_packets - fin.rx_packets <= slack,
             "switch tx on p{port} ({}) vs testpmd RX-packets on port {port} ({}), \
-             slack {IN_FLIGHT_SLACK}\n{summary}",
+             slack {slack}\n{summary}",
             sw.tx_packets,
             fin.rx_packets
         );
@@ -341,14 +377,16 @@ impl Testpmd {
     fn spawn(
         bin: &Path,
         prefix: &str,
-        sock0: &Path,
-        sock1: &Path,
+        [sock0, sock1]: [&Path; 2],
         frame_len: u64,
+        queues: u64,
         pid: &Arc<AtomicI32>,
     ) -> Testpmd {
+        // More than one queue pair needs virtio-user's emulated control queue.
+        let cq = if queues > 1 { ",cq=1" } else { "" };
         let vdev = |n: u8, path: &Path, mac: &str| {
             format!(
-                "net_virtio_user{n},path={},queues=1,queue_size={QUEUE_SIZE},mac={mac}",
+                "net_virtio_user{n},path={},queues={queues}{cq},queue_size={QUEUE_SIZE},mac={mac}",
                 path.display()
             )
         };
@@ -376,6 +414,8 @@ impl Testpmd {
             "--forward-mode=io",
             "--total-num-mbufs=16384",
         ]);
+        cmd.arg(format!("--rxq={queues}"))
+            .arg(format!("--txq={queues}"));
         cmd.arg(format!("--rxd={QUEUE_SIZE}"))
             .arg(format!("--txd={QUEUE_SIZE}"));
         cmd.arg(format!("--eth-peer=0,{MAC1}"))

@@ -522,7 +522,6 @@ impl VhostUserBackend for NetBackend {
                     tx: p[1].clone(),
                 })
                 .collect();
-            let npairs = pairs.len();
             let prev = self.vhost().attached.swap(Some(Arc::new(Attached {
                 conn: self.conn,
                 pairs,
@@ -530,10 +529,7 @@ impl VhostUserBackend for NetBackend {
                 features: self.features.clone(),
                 started: AtomicU32::new(0),
             })));
-            self.port
-                .counters
-                .queue_pairs
-                .store(npairs, Ordering::Relaxed);
+            self.port.counters.queue_pairs.store(0, Ordering::Relaxed);
             match prev {
                 Some(p) if p.conn != self.conn => log::info!(
                     "port {}: connection {} took over from connection {}",
@@ -547,6 +543,11 @@ impl VhostUserBackend for NetBackend {
         let index = usize::from(device_event);
         if let Some(att) = self.mine() {
             att.mark_started(index);
+            // Pairs in use, as reported: up to the highest one the frontend started.
+            self.port
+                .counters
+                .queue_pairs
+                .fetch_max(index / 2 + 1, Ordering::Relaxed);
         }
         self.port.wake(index / 2);
         Ok(())

@@ -8,6 +8,8 @@
 //! * [`Guest`]: one QEMU TCG guest (kernel + initramfs from `lab/build-guest.sh`, role
 //!   `shell`); the harness types commands on its serial console ([`Guest::run`]).
 //! * [`PingStats`]: parses busybox/iputils `ping` summaries.
+//! * [`Probe`]: a constant-rate ICMP echo probe from a netns, reporting losses, the longest
+//!   gap and lost ranges against the test's [`Probe::mark`]s ([`ProbeReport`]).
 //!
 //! Every process and network object is owned by a value and removed on drop, so a
 //! failing test cleans up after itself. Errors are [`LabError`]s whose `Debug` is the
@@ -18,6 +20,7 @@ mod console;
 mod guest;
 mod lab;
 mod ping;
+pub mod probe;
 mod wire;
 
 pub use cmd::{run_cmd, CmdOutput};
@@ -25,6 +28,7 @@ pub use console::Line;
 pub use guest::{Guest, GuestConfig};
 pub use lab::{log, Lab};
 pub use ping::PingStats;
+pub use probe::{Probe, ProbeReport};
 pub use wire::{Wire, WIRE_IP, WIRE_MAC};
 
 use std::fmt;

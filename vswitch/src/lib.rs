@@ -20,6 +20,7 @@ pub mod features;
 pub mod fdb;
 pub mod forward;
 pub(crate) mod logging;
+pub mod metrics;
 pub mod port;
 pub mod relay;
 pub mod ring;

@@ -24,6 +24,7 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringT};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::event::{
@@ -522,12 +523,23 @@ impl VhostUserBackend for NetBackend {
                     tx: p[1].clone(),
                 })
                 .collect();
+            // Every ring already running counts as started (the daemon reports the
+            // others' starts in no particular order).
+            let started = vrings
+                .iter()
+                .take(32)
+                .enumerate()
+                .filter(|(_, v)| {
+                    let g = v.get_ref();
+                    g.get_queue().ready() && g.is_enabled()
+                })
+                .fold(0u32, |m, (i, _)| m | (1 << i));
             let prev = self.vhost().attached.swap(Some(Arc::new(Attached {
                 conn: self.conn,
                 pairs,
                 mem: self.mem.clone(),
                 features: self.features.clone(),
-                started: AtomicU32::new(0),
+                started: AtomicU32::new(started),
             })));
             self.port.counters.queue_pairs.store(0, Ordering::Relaxed);
             match prev {

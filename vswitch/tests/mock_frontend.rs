@@ -1258,3 +1258,141 @@ fn switch_merges_rx_buffers_for_large_frames() {
     let sb = sw.stats("b");
     assert_eq!(total_drops(&sb), 0, "drops on b: {:?}", nonzero_drops(&sb));
 }
+
+// ---------------------------------------------------------------------------------------
+// Port lifecycle: run-time add/remove, a second concurrent connection (migration)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn switch_adds_and_removes_ports_at_run_time() {
+    use vswitch::switch::PortChangeError;
+    let ts = TestSwitch::start(&[("a", 1)]);
+    let sw = ts.sw.as_ref().expect("switch running");
+    let b_sock = ts.sock("b");
+    let info = sw
+        .add_port(&PortConfig {
+            name: Some("b".into()),
+            ..PortConfig::new(&b_sock)
+        })
+        .expect("add port b");
+    assert_eq!(info.name, "b");
+    assert!(b_sock.exists(), "the new port's socket exists");
+    let mut a = ts.connect("a");
+    let mut b = ts.connect("b");
+    assert_forwards(&mut a, &mut b, 1, 2, 1);
+    assert_forwards(&mut b, &mut a, 2, 1, 2);
+
+    // Bad additions: each a clear error, nothing else disturbed.
+    let dup = sw.add_port(&PortConfig {
+        name: Some("b".into()),
+        ..PortConfig::new(ts.sock("b2"))
+    });
+    assert!(matches!(dup, Err(PortChangeError::Exists(_))), "{dup:?}");
+    let same_socket = sw.add_port(&PortConfig {
+        name: Some("c".into()),
+        ..PortConfig::new(&b_sock)
+    });
+    assert!(
+        matches!(same_socket, Err(PortChangeError::Exists(_))),
+        "{same_socket:?}"
+    );
+    let bad_vlan = sw.add_port(&PortConfig {
+        vlan: 4095,
+        ..PortConfig::new(ts.sock("c"))
+    });
+    assert!(
+        matches!(bad_vlan, Err(PortChangeError::Config(_))),
+        "{bad_vlan:?}"
+    );
+    let bad_queues = sw.add_port(&PortConfig {
+        queues: 0,
+        ..PortConfig::new(ts.sock("c"))
+    });
+    assert!(
+        matches!(bad_queues, Err(PortChangeError::Config(_))),
+        "{bad_queues:?}"
+    );
+    let no_dir = sw.add_port(&PortConfig::new(ts.dir.join("missing/c.sock")));
+    assert!(
+        matches!(no_dir, Err(PortChangeError::Port(_))),
+        "{no_dir:?}"
+    );
+    let not_socket = ts.dir.join("plain-file");
+    std::fs::write(&not_socket, b"x").expect("write file");
+    let r = sw.add_port(&PortConfig::new(&not_socket));
+    assert!(matches!(r, Err(PortChangeError::Port(_))), "{r:?}");
+    assert!(not_socket.exists(), "a non-socket file is never deleted");
+    assert!(matches!(
+        sw.remove_port("nope"),
+        Err(PortChangeError::NotFound(_))
+    ));
+    assert_forwards(&mut a, &mut b, 1, 2, 3);
+
+    // Removal closes the connection and the socket; the other port keeps working.
+    sw.remove_port("b").expect("remove b");
+    assert!(b.wait_closed(WAIT), "b's connection was closed");
+    assert!(!b_sock.exists(), "b's socket was removed");
+    match sw.handle(&Request::Ports {}) {
+        Response::Ports { ports } => assert!(ports.iter().all(|p| p.name != "b"), "{ports:?}"),
+        other => panic!("{other:?}"),
+    }
+    a.send(&frame(mac(2), mac(1), 60, 4))
+        .expect("send to the removed port's MAC");
+    assert!(a.wait_tx_all_completed(WAIT), "a's frame was consumed");
+    // The name is free again; the port comes back under a new id.
+    let again = sw
+        .add_port(&PortConfig {
+            name: Some("b".into()),
+            ..PortConfig::new(&b_sock)
+        })
+        .expect("re-add b");
+    assert_ne!(again.id, info.id, "port ids are not reused");
+    let mut b = ts.connect("b");
+    assert_forwards(&mut a, &mut b, 1, 2, 5);
+}
+
+#[test]
+fn switch_follows_the_connection_whose_rings_started_last() {
+    let ts = TestSwitch::start(&[("a", 1), ("b", 1)]);
+    let mut src = ts.connect("a");
+    let mut b = ts.connect("b");
+    assert_forwards(&mut b, &mut src, 2, 1, 1);
+
+    // A migration: the source stops its rings, the destination connects to the same
+    // port and starts its own while the source is still connected.
+    for q in 0..2 {
+        src.get_vring_base(q).expect("stop source ring");
+    }
+    let mut dst = MockFrontend::connect(&ts.sock("a"), MockOptions::default())
+        .expect("second connection to port a");
+    let f = frame(mac(1), mac(2), 100, 7);
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        b.send(&f).expect("send");
+        let got = recv_n(&mut dst, 1, Duration::from_millis(200));
+        if !got.is_empty() || Instant::now() > deadline {
+            break got;
+        }
+    };
+    assert_frames_eq(&got[..1.min(got.len())], &[f], "b -> destination");
+    assert!(
+        recv_quiet(&mut src).is_empty(),
+        "the stopped source gets nothing"
+    );
+
+    // A third connection while two are open is refused and counted.
+    let before = drop_count(&ts.stats("a"), "protocol_error");
+    let third = MockFrontend::connect(&ts.sock("a"), MockOptions::default());
+    assert!(
+        third.is_err(),
+        "third concurrent connection must be refused"
+    );
+    assert!(ts.wait_drops("a", "protocol_error", before + 1) > before);
+
+    // The source leaves: only its own connection closes, the port stays on dst.
+    src.disconnect();
+    thread::sleep(QUIET);
+    assert!(ts.is_connected("a"));
+    assert_forwards(&mut b, &mut dst, 2, 1, 8);
+    assert_forwards(&mut dst, &mut b, 1, 2, 9);
+}

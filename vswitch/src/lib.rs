@@ -21,6 +21,7 @@ pub mod fdb;
 pub mod forward;
 pub(crate) mod logging;
 pub mod metrics;
+pub mod offload;
 pub mod port;
 pub mod relay;
 pub mod ring;

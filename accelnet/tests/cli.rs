@@ -312,3 +312,193 @@ fn cli_ports_on_stale_socket_exits_1() {
         stderr(&o)
     );
 }
+
+/// `accelnet switch run` in the background; SIGTERM and reaped on drop.
+struct RunningSwitch {
+    child: std::process::Child,
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl RunningSwitch {
+    fn start(args: &[&str]) -> RunningSwitch {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_accelnet"))
+            .args(["switch", "run"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the accelnet binary runs");
+        let text = Arc::new(std::sync::Mutex::new(String::new()));
+        let err = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&text);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let mut t = sink.lock().unwrap_or_else(|e| e.into_inner());
+                t.push_str(&line);
+                t.push('\n');
+            }
+        });
+        RunningSwitch {
+            child,
+            stderr: text,
+        }
+    }
+
+    /// Waits until stderr has a line containing `needle`; returns that line.
+    fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = self
+                .stderr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+                return l.to_string();
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("accelnet switch run exited ({st}) before printing {needle:?}:\n{text}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} on stderr:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RunningSwitch {
+    fn drop(&mut self) {
+        // SIGTERM, so the switch shuts down as a user would stop it.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("send request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read answer");
+    assert!(out.starts_with("HTTP/1."), "{out}");
+    out
+}
+
+#[test]
+fn cli_port_add_del_and_metrics_on_a_running_switch() {
+    let dir = TempDir::new("hotplug");
+    let ctl = dir.path("ctl.sock");
+    let a = dir.path("a.sock");
+    let b = dir.path("b.sock");
+    let (ctl_s, a_s, b_s) = (
+        ctl.to_str().unwrap(),
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    );
+    let mut sw = RunningSwitch::start(&[
+        "--vhost-user-server",
+        a_s,
+        "--control",
+        ctl_s,
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let line = sw.wait_line("metrics on http://");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    sw.wait_line("control socket on");
+
+    let o = accelnet(&[
+        "switch",
+        "port",
+        "add",
+        "b",
+        "--socket",
+        b_s,
+        "--vlan",
+        "20",
+        "--queues",
+        "2",
+        "--control",
+        ctl_s,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("b.sock"), "{}", stdout(&o));
+    assert!(b.exists(), "port b's socket was created");
+    let o = accelnet(&["switch", "ports", "--control", ctl_s]);
+    assert!(stdout(&o).contains(" b "), "{}", stdout(&o));
+    let m = scrape(&addr);
+    assert!(
+        m.contains("accelnet_switch_port_connected{port=\"b\"} 0"),
+        "{m}"
+    );
+    assert!(m.contains("accelnet_switch_ports 2"), "{m}");
+
+    // Refusals: each a clear message and exit 1; the switch keeps running.
+    let o = accelnet(&[
+        "switch",
+        "port",
+        "add",
+        "b",
+        "--socket",
+        b_s,
+        "--control",
+        ctl_s,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+    let o = accelnet(&[
+        "switch",
+        "port",
+        "add",
+        "c",
+        "--socket",
+        "/x/c.sock",
+        "--vlan",
+        "4095",
+        "--control",
+        ctl_s,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("VLAN 4095"), "{}", stderr(&o));
+    let o = accelnet(&["switch", "port", "del", "zz", "--control", ctl_s]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no VM port named zz"), "{}", stderr(&o));
+    let o = accelnet(&["switch", "port", "add", "c", "--socket", "--control", ctl_s]);
+    assert_eq!(o.status.code(), Some(2), "a missing value is a usage error");
+
+    let o = accelnet(&["switch", "port", "del", "b", "--control", ctl_s]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!b.exists(), "port b's socket was removed");
+    let m = scrape(&addr);
+    assert!(!m.contains("port=\"b\""), "{m}");
+    assert!(m.contains("accelnet_switch_ports 1"), "{m}");
+}
+
+#[test]
+fn cli_run_bad_metrics_address_exits_1() {
+    let dir = TempDir::new("metrics");
+    let sock = dir.path("p.sock");
+    let o = accelnet(&[
+        "switch",
+        "run",
+        "--vhost-user-server",
+        sock.to_str().unwrap(),
+        "--metrics",
+        "not-an-address",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not-an-address"), "{}", stderr(&o));
+    assert!(!sock.exists());
+}

@@ -93,6 +93,9 @@ pub struct SwitchSettings {
     pub cpus: Vec<usize>,
     /// Control socket path (mode 0600).
     pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address (`PORT` means loopback).
+    /// Anything but loopback exposes the counters to the network.
+    pub metrics: Option<String>,
     /// FDB capacity in entries.
     pub fdb_capacity: u32,
     /// Seconds after which an unrefreshed FDB entry expires.
@@ -105,6 +108,7 @@ impl Default for SwitchSettings {
             mtu: DEFAULT_MTU,
             cpus: Vec::new(),
             control: None,
+            metrics: None,
             fdb_capacity: 8192,
             fdb_aging_secs: 300,
         }

@@ -34,6 +34,9 @@ pub enum SwitchError {
     /// The control socket could not be created.
     #[error("cannot create control socket")]
     Control(#[from] ControlError),
+    /// The metrics endpoint could not be started.
+    #[error("cannot serve metrics")]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A thread or eventfd could not be created.
     #[error("cannot start {what}")]
     Resource {
@@ -260,6 +263,7 @@ pub struct Switch {
     state: Arc<State>,
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
+    metrics: Option<crate::metrics::MetricsServer>,
     stopped: AtomicBool,
     housekeeping: Mutex<Option<JoinHandle<()>>>,
 }
@@ -317,6 +321,7 @@ impl Switch {
             state,
             threads: Vec::new(),
             control: None,
+            metrics: None,
             stopped: AtomicBool::new(false),
             housekeeping: Mutex::new(None),
         };
@@ -394,6 +399,13 @@ impl Switch {
             let handler: Arc<dyn ControlHandler> = switch.state.clone();
             switch.control = Some(ControlServer::start(path, handler)?);
         }
+        if let Some(text) = &config.switch.metrics {
+            let addr = crate::metrics::parse_addr(text)?;
+            let state = switch.state.clone();
+            let source: crate::metrics::SnapshotSource =
+                Arc::new(move || crate::metrics::snapshot_from(|r| state.handle(r)));
+            switch.metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
+        }
         Ok(switch)
     }
 
@@ -429,6 +441,11 @@ impl Switch {
             .map(|p| p.counters.snapshot(&p.name))
     }
 
+    /// Where the metrics endpoint listens, if it runs.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
+    }
+
     /// Adds a VM port while the switch runs.
     pub fn add_port(&self, port: &PortConfig) -> Result<PortInfo, PortChangeError> {
         self.state.add_port(port).map(|p| p.info())
@@ -450,6 +467,9 @@ impl Switch {
         }
         if let Some(c) = self.control.as_mut() {
             c.shutdown();
+        }
+        if let Some(m) = self.metrics.as_mut() {
+            m.shutdown();
         }
         let shared = &self.state.shared;
         shared.shutdown.store(true, Ordering::SeqCst);

@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// L3 MTU of every port, 68..=9000 (default 1500).
     #[arg(long, value_name = "N")]
     mtu: Option<u16>,
+    /// Serve Prometheus metrics on http://ADDR/metrics: PORT (loopback),
+    /// IPV4:PORT or [IPV6]:PORT. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// Runs the switch until SIGINT or SIGTERM, then shuts it down.
@@ -62,6 +66,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Signals::new([SIGINT, SIGTERM]).context("cannot install SIGINT/SIGTERM handlers")?;
     let switch = Switch::start(config.clone()).context("cannot start the switch")?;
     announce(&config);
+    if let Some(addr) = switch.metrics_addr() {
+        eprintln!("metrics on http://{addr}/metrics");
+    }
 
     let signal = signals.forever().next();
     let name = signal
@@ -100,6 +107,10 @@ fn build_config(args: &RunArgs) -> anyhow::Result<SwitchConfig> {
     }
     if let Some(mtu) = args.mtu {
         config.switch.mtu = mtu;
+    }
+    if let Some(addr) = &args.metrics {
+        vswitch::metrics::parse_addr(addr).context("invalid --metrics")?;
+        config.switch.metrics = Some(addr.clone());
     }
     Ok(config)
 }

@@ -146,6 +146,14 @@ pub struct PortConfig {
     /// Most queue pairs a frontend may use (virtio-net MQ).
     #[serde(default = "default_queues")]
     pub queues: u16,
+    /// Offer checksum and TSO offloads (CSUM, GUEST_CSUM, HOST_/GUEST_TSO4/6, ECN);
+    /// off, every frame crosses the switch finished and at most MTU-sized.
+    #[serde(default = "default_true")]
+    pub offloads: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// An uplink: a host interface (veth, tap or PF) attached over AF_PACKET.
@@ -194,6 +202,7 @@ impl PortConfig {
             mode: PortMode::Server,
             vlan: DEFAULT_VLAN,
             queues: DEFAULT_QUEUES,
+            offloads: true,
         }
     }
 

@@ -27,7 +27,11 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::api::DropReason;
 use crate::fdb::{Fdb, PortId};
+use crate::features::MAX_GSO_FRAME;
 use crate::logging::warn_limited;
+use crate::offload::{
+    caps, finalize_checksum, partial_csum_location, segment, validate, VnetHdr, FLAG_NEEDS_CSUM,
+};
 use crate::port::{Attached, Port, PortBackend, Waker};
 use crate::ring::{gather, RingError, SegWriter, Segments, Slice, SplitRing, MAX_CHAIN_SEGS};
 use crate::wire::{vlan_tag_bytes, L2Header, ETH_HLEN, VLAN_TAG_LEN};
@@ -37,7 +41,7 @@ pub const BATCH: usize = 64;
 /// virtio-net header length with VERSION_1 (`virtio_net_hdr_v1`).
 pub const VNET_HDR_LEN: usize = 12;
 /// Most receive buffers one frame may use with MRG_RXBUF.
-const MAX_RX_CHAINS: usize = 17; // 64 KiB in 4 KiB buffers, plus one
+const MAX_RX_CHAINS: usize = 64; // a 64 KiB GSO frame in 1.5 KiB buffers, with room
 /// How long a thread keeps polling after its last frame before it sleeps.
 const SPIN_AFTER_WORK: Duration = Duration::from_micros(300);
 /// Sleep bound, so shutdown and housekeeping are noticed.
@@ -127,6 +131,8 @@ struct TxFrame {
     /// The frame's bytes carry an 802.1Q tag after the MAC addresses.
     tagged: bool,
     dest: Dest,
+    /// The source's virtio-net header, when it asks for an offload.
+    offload: Option<VnetHdr>,
 }
 
 /// The bytes of one frame: in a guest's memory or in a host buffer.
@@ -197,6 +203,8 @@ struct OutFrame<'a, 'm> {
     bytes: FrameBytes<'a, 'm>,
     tagged: bool,
     len: usize,
+    /// Checksum or segmentation work the frame still needs (see [`crate::offload`]).
+    offload: Option<VnetHdr>,
 }
 
 impl OutFrame<'_, '_> {
@@ -278,6 +286,62 @@ pub struct Forwarder {
     armed: Vec<u32>,
     /// Uplink fds being watched for wakeups.
     watched: Vec<RawFd>,
+    /// Host buffers for frames that need checksum or segmentation work.
+    scratch: std::cell::RefCell<Scratch>,
+}
+
+/// Host buffers of the offload slow path: the frame as it leaves, and one segment.
+#[derive(Debug)]
+pub struct Scratch {
+    frame: Vec<u8>,
+    seg: Vec<u8>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            frame: vec![0; MAX_GSO_FRAME + VLAN_TAG_LEN],
+            seg: vec![0; MAX_GSO_FRAME + VLAN_TAG_LEN],
+        }
+    }
+}
+
+impl Scratch {
+    /// Copies `f` out as it leaves through `e`, then does what a destination that
+    /// acknowledged `acked` needs: pass the offload on, fill in the checksum, or cut
+    /// the frame into MSS-sized segments. `emit` gets each resulting frame with the
+    /// virtio-net header it should carry (`num_buffers` left to the writer).
+    fn offload(
+        &mut self,
+        f: &OutFrame<'_, '_>,
+        e: Egress,
+        h: VnetHdr,
+        acked: u64,
+        mut emit: impl FnMut(&[u8], VnetHdr),
+    ) -> Result<(), DropReason> {
+        let n = f.write_host(e, &mut self.frame);
+        if n == 0 {
+            return Err(DropReason::OversizeFrame);
+        }
+        // A tag added or removed on the way moves every offset behind it.
+        let delta = i32::try_from(n).unwrap_or(i32::MAX) - i32::try_from(f.len).unwrap_or(0);
+        let h = h.shift_offsets(delta)?;
+        let buf = &mut self.frame[..n];
+        validate(&h, buf)?;
+        let action = caps::decide(acked, &h);
+        let rx = action.rx_header(acked, &h);
+        match action {
+            caps::Action::PassThrough => emit(buf, rx),
+            caps::Action::FinalizeChecksum => {
+                finalize_checksum(buf, h.csum_start, h.csum_offset)?;
+                emit(buf, rx);
+            }
+            caps::Action::Segment => {
+                segment(buf, &h, &mut self.seg, |s| emit(s, rx))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 struct WakeSubscriber {
@@ -311,6 +375,7 @@ impl Forwarder {
             uplinks: Vec::new(),
             armed: Vec::new(),
             watched: Vec::new(),
+            scratch: std::cell::RefCell::new(Scratch::default()),
         };
         let table = f.shared.ports.load_full();
         f.refresh(&table);
@@ -352,6 +417,7 @@ impl Forwarder {
         events.add_subscriber(Box::new(WakeSubscriber {
             fd: self.waker.fd().as_raw_fd(),
         }));
+        self.watch_uplinks(&mut events);
         let mut last_work = Instant::now();
         while !self.shared.shutdown.load(Ordering::Relaxed) {
             let table = self.shared.ports.load_full();
@@ -529,7 +595,9 @@ impl Forwarder {
             vlan: 0,
             tagged: false,
             dest: Dest::Dropped,
+            offload: None,
         }; BATCH];
+        let acked = att.acked();
         let mut nframes = 0;
         let mut rx_bytes = 0u64;
         let mut rx_packets = 0u64;
@@ -551,12 +619,27 @@ impl Forwarder {
                 }
             };
             let start = segs.len();
+            let mut offload = None;
             let frame = ring.walk(head, false, &mut segs).and_then(|chain_len| {
                 let len = chain_len
                     .checked_sub(VNET_HDR_LEN)
                     .filter(|l| *l >= ETH_HLEN)
                     .ok_or(DropReason::RuntFrame)?;
-                if len > self.shared.max_frame {
+                // Flags and GSO type first: both zero is the common, offload-free case.
+                let (flags, _) = segs.head::<2>(start);
+                let mut limit = self.shared.max_frame;
+                if flags != [0, 0] {
+                    let (raw, _) = segs.head::<VNET_HDR_LEN>(start);
+                    let h = VnetHdr::from_bytes(&raw);
+                    caps::check_tx(acked, &h)?;
+                    if h.is_gso() {
+                        limit = MAX_GSO_FRAME;
+                    }
+                    if h.has_offload() {
+                        offload = Some(h);
+                    }
+                }
+                if len > limit {
                     return Err(DropReason::OversizeFrame);
                 }
                 segs.skip_front_from(start, VNET_HDR_LEN);
@@ -591,6 +674,7 @@ impl Forwarder {
                 vlan,
                 tagged,
                 dest,
+                offload,
             };
             nframes += 1;
         }
@@ -743,6 +827,7 @@ impl Forwarder {
                     bytes,
                     tagged: f.tagged,
                     len: f.len,
+                    offload: f.offload,
                 },
                 e,
             )
@@ -759,7 +844,10 @@ impl Forwarder {
     ) {
         let d = match &port.backend {
             PortBackend::Vhost(v) => match v.attached.load_full() {
-                Some(att) => deliver_to_guest(port, &att, hint, frames),
+                Some(att) => {
+                    let mut scratch = self.scratch.borrow_mut();
+                    deliver_to_guest(port, &att, hint, frames, &mut scratch)
+                }
                 None => {
                     let n = frames.count() as u64;
                     port.counters.drop(DropReason::NoRxBuffer, n);
@@ -770,7 +858,26 @@ impl Forwarder {
                 let Ok(mut sock) = u.sock.lock() else { return };
                 let mut d = Delivered::default();
                 let mut dropped = 0;
+                let mut scratch = self.scratch.borrow_mut();
                 for (f, e) in frames {
+                    if let Some(h) = f.offload {
+                        // The wire takes finished frames: checksums filled in, segmented.
+                        let r = scratch.offload(&f, e, h, caps::UPLINK, |frame, _| {
+                            match sock.tx_slot() {
+                                Some(slot) if slot.len() >= frame.len() => {
+                                    slot[..frame.len()].copy_from_slice(frame);
+                                    sock.tx_commit(frame.len());
+                                    d.packets += 1;
+                                    d.bytes += frame.len() as u64;
+                                }
+                                _ => dropped += 1,
+                            }
+                        });
+                        if let Err(reason) = r {
+                            port.counters.drop(reason, 1);
+                        }
+                        continue;
+                    }
                     let Some(slot) = sock.tx_slot() else {
                         dropped += 1;
                         continue;
@@ -834,10 +941,22 @@ impl Forwarder {
                     return;
                 }
             };
+            // A frame the sending host left with a partial checksum (veth, tap).
+            let offload = if f.csum_not_ready {
+                partial_csum_location(f.data).map(|(csum_start, csum_offset)| VnetHdr {
+                    flags: FLAG_NEEDS_CSUM,
+                    csum_start,
+                    csum_offset,
+                    ..VnetHdr::default()
+                })
+            } else {
+                None
+            };
             let frame = OutFrame {
                 bytes: FrameBytes::Host(f.data),
                 tagged,
                 len: f.data.len(),
+                offload,
             };
             let targets: &mut dyn Iterator<Item = &Arc<Port>> = match dest {
                 Dest::Port(p) => &mut table.get(p).into_iter(),
@@ -878,6 +997,7 @@ fn deliver_to_guest<'a, 'm: 'a>(
     att: &Attached,
     hint: usize,
     frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
+    scratch: &mut Scratch,
 ) -> Delivered {
     let mut d = Delivered::default();
     let mem = att.mem.memory();
@@ -918,18 +1038,58 @@ fn deliver_to_guest<'a, 'm: 'a>(
         return d;
     }
     let mrg = att.mrg_rxbuf();
+    let acked = att.acked();
     let mut segs = Segments::default();
+    let mut outcome = |r: Result<usize, DropReason>, d: &mut Delivered| match r {
+        Ok(n) => {
+            d.packets += 1;
+            d.bytes += n as u64;
+        }
+        Err(DropReason::NoRxBuffer) => no_buffer += 1,
+        Err(reason) => {
+            port.counters.drop(reason, 1);
+            warn_limited!("port {}: RX frame dropped: {}", port.name, reason.as_str());
+        }
+    };
     for (f, e) in frames {
-        match write_one(&mut ring, &mut segs, &f, e, mrg) {
-            Ok(n) => {
-                d.packets += 1;
-                d.bytes += n as u64;
-            }
-            Err(DropReason::NoRxBuffer) => no_buffer += 1,
-            Err(reason) => {
-                port.counters.drop(reason, 1);
-                warn_limited!("port {}: RX frame dropped: {}", port.name, reason.as_str());
-            }
+        let Some(h) = f.offload else {
+            let r = write_one(&mut ring, &mut segs, &f, e, mrg, VnetHdr::default());
+            outcome(r, &mut d);
+            continue;
+        };
+        let action = caps::decide(acked, &h);
+        if action == caps::Action::PassThrough && f.out_len(e) == f.len {
+            // The guest takes the offload as is: one copy, straight from the source.
+            let r = write_one(
+                &mut ring,
+                &mut segs,
+                &f,
+                e,
+                mrg,
+                action.rx_header(acked, &h),
+            );
+            outcome(r, &mut d);
+            continue;
+        }
+        let r = scratch.offload(&f, e, h, acked, |frame, hdr| {
+            let out = OutFrame {
+                bytes: FrameBytes::Host(frame),
+                tagged: false,
+                len: frame.len(),
+                offload: None,
+            };
+            let r = write_one(
+                &mut ring,
+                &mut segs,
+                &out,
+                Egress { insert_tag: None },
+                mrg,
+                hdr,
+            );
+            outcome(r, &mut d);
+        });
+        if let Err(reason) = r {
+            outcome(Err(reason), &mut d);
         }
     }
     if no_buffer > 0 {
@@ -974,6 +1134,7 @@ fn write_one<'m>(
     f: &OutFrame<'_, '_>,
     e: Egress,
     mrg: bool,
+    vnet: VnetHdr,
 ) -> Result<usize, DropReason> {
     let out_len = f.out_len(e);
     let need = VNET_HDR_LEN + out_len;
@@ -1015,8 +1176,11 @@ fn write_one<'m>(
         }
     }
     let num_buffers = if mrg { nchains as u16 } else { 1 };
-    let mut hdr = [0u8; VNET_HDR_LEN];
-    hdr[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    let hdr = VnetHdr {
+        num_buffers,
+        ..vnet
+    }
+    .to_bytes();
     let mut w = SegWriter::new(segs);
     w.write_header(hdr);
     f.write(e, &mut w);

@@ -46,9 +46,10 @@ pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 pub use crate::features::MAX_QUEUE_SIZE;
 
-/// virtio-net features the switch offers. STANDBY lets the guest pair this device
-/// with a VF under `net_failover`; the switch needs nothing else for it.
-pub const OFFERED_FEATURES: u64 = crate::features::BASE_FEATURES;
+/// virtio-net features a port offers by default. STANDBY lets the guest pair this
+/// device with a VF under `net_failover`; the switch needs nothing else for it.
+pub const OFFERED_FEATURES: u64 =
+    crate::features::BASE_FEATURES | crate::features::OFFLOAD_FEATURES;
 
 /// Errors creating a port.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +226,8 @@ pub struct VhostPort {
     pub mode: PortMode,
     /// Most queue pairs a frontend may use.
     pub queue_pairs: usize,
+    /// virtio features offered to the frontend.
+    pub features: u64,
     /// Rings of the connection the port follows, if its rings are running.
     pub attached: ArcSwapOption<Attached>,
     /// Connections accepted (or made) so far.
@@ -361,12 +364,19 @@ impl std::fmt::Debug for VhostPort {
 }
 
 impl VhostPort {
+    /// Offer no offloads: every frame crosses finished and MTU-sized.
+    pub fn without_offloads(mut self) -> Self {
+        self.features &= !crate::features::OFFLOAD_FEATURES;
+        self
+    }
+
     /// Port state for `socket` (not yet listening or connecting).
     pub fn new(socket: PathBuf, mode: PortMode, queue_pairs: usize) -> Self {
         VhostPort {
             socket,
             mode,
             queue_pairs: queue_pairs.clamp(1, MAX_QUEUE_PAIRS),
+            features: OFFERED_FEATURES,
             attached: ArcSwapOption::empty(),
             connections: AtomicU64::new(0),
             live: AtomicUsize::new(0),
@@ -465,7 +475,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn features(&self) -> u64 {
-        OFFERED_FEATURES
+        self.vhost().features
     }
 
     fn acked_features(&self, features: u64) {

@@ -157,11 +157,14 @@ impl State {
             pc.vlan,
             usize::from(id) % nthreads,
             self.shared.wakers.clone(),
-            PortBackend::Vhost(VhostPort::new(
-                pc.socket.clone(),
-                pc.mode,
-                usize::from(pc.queues),
-            )),
+            PortBackend::Vhost({
+                let vp = VhostPort::new(pc.socket.clone(), pc.mode, usize::from(pc.queues));
+                if pc.offloads {
+                    vp
+                } else {
+                    vp.without_offloads()
+                }
+            }),
         ))
     }
 

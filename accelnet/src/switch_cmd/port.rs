@@ -39,6 +39,9 @@ struct AddArgs {
     /// Queue pairs, 1..=8.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_QUEUES)]
     queues: u16,
+    /// Offer no checksum/TSO offloads to the guest.
+    #[arg(long)]
+    no_offloads: bool,
     /// Control socket of the running switch.
     #[arg(long, value_name = "PATH")]
     control: PathBuf,
@@ -70,6 +73,7 @@ pub fn run(args: PortArgs) -> anyhow::Result<()> {
                 },
                 vlan: a.vlan,
                 queues: a.queues,
+                offloads: !a.no_offloads,
             };
             port.validate().context("invalid port")?;
             match vswitch::control::request(&a.control, &Request::PortAdd { port })? {

@@ -27,6 +27,9 @@ pub struct RunArgs {
     /// Queue pairs each VM port from the flags offers, 1..=8 (default 4).
     #[arg(long, value_name = "N")]
     queues: Option<u16>,
+    /// VM ports from the flags offer no checksum/TSO offloads.
+    #[arg(long)]
+    no_offloads: bool,
     /// Attach host interface IFNAME as an uplink, native VLAN 1 (repeatable).
     #[arg(long, value_name = "IFNAME")]
     uplink: Vec<String>,
@@ -91,7 +94,11 @@ fn build_config(args: &RunArgs) -> anyhow::Result<SwitchConfig> {
             .iter()
             .map(PortConfig::new)
             .chain(args.vhost_user_client.iter().map(PortConfig::client))
-            .map(|p| PortConfig { queues, ..p }),
+            .map(|p| PortConfig {
+                queues,
+                offloads: !args.no_offloads,
+                ..p
+            }),
     );
     config
         .uplinks

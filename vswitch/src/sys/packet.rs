@@ -173,6 +173,9 @@ pub struct RxFrame<'a> {
     /// VLAN id of the 802.1Q tag the kernel stripped (a tag with VLAN id 0, a
     /// priority tag, reads as `None`).
     pub vlan: Option<u16>,
+    /// The sender left the L4 checksum to offload (`TP_STATUS_CSUMNOTREADY`): the
+    /// checksum field holds only the pseudo-header sum.
+    pub csum_not_ready: bool,
 }
 
 /// Frames and slots the rings skipped, since the socket was opened.
@@ -340,7 +343,8 @@ impl RxRing {
             } else if tag == StrippedTag::Unsupported {
                 stats.rx_unsupported_tag += 1;
             } else {
-                if hdr.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0 {
+                let csum_not_ready = hdr.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0;
+                if csum_not_ready {
                     stats.rx_csum_not_ready += 1;
                 }
                 let vlan = match tag {
@@ -351,7 +355,11 @@ impl RxRing {
                 // block stays ours and unmodified until release_block, which runs only
                 // after `f` returned, and `f` cannot keep the borrow (higher-ranked).
                 let data = unsafe { std::slice::from_raw_parts(block.add(start), len) };
-                f(RxFrame { data, vlan });
+                f(RxFrame {
+                    data,
+                    vlan,
+                    csum_not_ready,
+                });
                 visited += 1;
             }
             if self.left == 0 {

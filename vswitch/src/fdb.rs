@@ -8,7 +8,7 @@
 //! read `key, val, key` and only trust a value framed by the same key, so a reader
 //! never pairs one key with another key's port.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::wire::MacAddr;
 
@@ -43,6 +43,9 @@ pub enum Learned {
     },
     /// A static entry owns this address; nothing was changed.
     Static,
+    /// The port already has as many learned entries as its limit allows; nothing
+    /// was changed.
+    LimitReached,
 }
 
 /// One live entry, for reporting.
@@ -66,6 +69,10 @@ pub struct Fdb {
     buckets: Box<[Bucket]>,
     shift: u32,
     aging_secs: u32,
+    /// Learned entries per port (slots held, expired ones until aged out). Kept
+    /// without a lock, so two threads racing on one slot may skew it by one; the
+    /// counts are clamped at zero and are exact again once the racing entry ages.
+    counts: Box<[AtomicU32]>,
 }
 
 fn make_key(vlan: u16, mac: MacAddr) -> u64 {
@@ -98,7 +105,27 @@ impl Fdb {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             shift: 64 - buckets.trailing_zeros(),
             aging_secs: aging_secs.max(1),
+            counts: (0..=usize::from(PortId::MAX))
+                .map(|_| AtomicU32::new(0))
+                .collect(),
         }
+    }
+
+    /// Learned entries held for `port`.
+    pub fn count(&self, port: PortId) -> u32 {
+        self.counts[usize::from(port)].load(Ordering::Relaxed)
+    }
+
+    fn count_add(&self, port: PortId) {
+        self.counts[usize::from(port)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_sub(&self, port: PortId) {
+        let _ = self.counts[usize::from(port)].fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |n| Some(n.saturating_sub(1)),
+        );
     }
 
     /// Number of entries the table can hold.
@@ -149,6 +176,20 @@ impl Fdb {
     /// the timestamp is at least a second old.
     #[inline]
     pub fn learn(&self, vlan: u16, mac: MacAddr, port: PortId, now: u32) -> Learned {
+        self.learn_within(vlan, mac, port, now, u32::MAX)
+    }
+
+    /// [`Fdb::learn`], refusing to give `port` more than `limit` learned entries: an
+    /// address new to the port beyond that is not learned ([`Learned::LimitReached`]).
+    #[inline]
+    pub fn learn_within(
+        &self,
+        vlan: u16,
+        mac: MacAddr,
+        port: PortId,
+        now: u32,
+        limit: u32,
+    ) -> Learned {
         let key = make_key(vlan, mac);
         let b = self.bucket(key);
         for i in 0..SLOTS {
@@ -161,6 +202,13 @@ impl Fdb {
                 if old == port && val_time(val) == now {
                     return Learned::Unchanged;
                 }
+                if old != port {
+                    if self.count(port) >= limit {
+                        return Learned::LimitReached;
+                    }
+                    self.count_sub(old);
+                    self.count_add(port);
+                }
                 b.vals[i].store(make_val(port, now), Ordering::Release);
                 return match (old == port, fresh) {
                     (true, _) => Learned::Refreshed,
@@ -168,6 +216,9 @@ impl Fdb {
                     (false, false) => Learned::New,
                 };
             }
+        }
+        if self.count(port) >= limit {
+            return Learned::LimitReached;
         }
         self.insert(b, key, make_val(port, now), now);
         Learned::New
@@ -193,7 +244,15 @@ impl Fdb {
             }
         }
         if let Some(i) = victim {
+            let (k, v) = (
+                b.keys[i].load(Ordering::Acquire),
+                b.vals[i].load(Ordering::Acquire),
+            );
+            if k != 0 && v != 0 && v & VAL_STATIC == 0 {
+                self.count_sub(val_port(v));
+            }
             Self::write_slot(b, i, key, val);
+            self.count_add(val_port(val));
         }
     }
 
@@ -208,6 +267,13 @@ impl Fdb {
             .or_else(|| (0..SLOTS).find(|&i| b.vals[i].load(Ordering::Acquire) & VAL_STATIC == 0));
         match slot {
             Some(i) => {
+                let (k, v) = (
+                    b.keys[i].load(Ordering::Acquire),
+                    b.vals[i].load(Ordering::Acquire),
+                );
+                if k != 0 && v != 0 && v & VAL_STATIC == 0 {
+                    self.count_sub(val_port(v));
+                }
                 Self::write_slot(b, i, key, val);
                 true
             }
@@ -237,6 +303,9 @@ impl Fdb {
                         .compare_exchange(k, 0, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                     {
+                        if v & VAL_STATIC == 0 {
+                            self.count_sub(val_port(v));
+                        }
                         n += 1;
                     }
                 }
@@ -288,6 +357,31 @@ mod tests {
 
     fn mac(n: u8) -> MacAddr {
         MacAddr([0x52, 0x54, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn test_fdb_limit_counts_learned_entries_per_port() {
+        let fdb = Fdb::new(256, 10);
+        for n in 0..3 {
+            assert_eq!(fdb.learn_within(1, mac(n), 7, 0, 3), Learned::New);
+        }
+        assert_eq!(fdb.count(7), 3);
+        assert_eq!(fdb.learn_within(1, mac(9), 7, 0, 3), Learned::LimitReached);
+        assert_eq!(fdb.lookup(1, mac(9), 0), None, "not learned past the limit");
+        // Known addresses still refresh at the limit.
+        assert_eq!(fdb.learn_within(1, mac(0), 7, 1, 3), Learned::Refreshed);
+        // A move frees a slot on the old port and takes one on the new.
+        assert!(matches!(fdb.learn(1, mac(1), 8, 1), Learned::Moved { from: 7 }));
+        assert_eq!((fdb.count(7), fdb.count(8)), (2, 1));
+        assert_eq!(fdb.learn_within(1, mac(9), 7, 1, 3), Learned::New);
+        // Ageing and flushing give the slots back.
+        assert_eq!(fdb.flush_port(8), 1);
+        assert_eq!(fdb.count(8), 0);
+        fdb.age(100);
+        assert_eq!(fdb.count(7), 0);
+        // Static entries do not count.
+        assert!(fdb.add_static(1, mac(20), 7));
+        assert_eq!(fdb.count(7), 0);
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //! before), keeps sending through an outage, and records for every request when it was
 //! sent and when its reply came back. [`Probe::stop`] turns that into a [`ProbeReport`]:
 //! losses, duplicates, reordering, the longest gap between answered requests (how long the
-//! path was broken), the lost sequence ranges with their send times, and the offsets of the
-//! events the test [`Probe::mark`]ed (`"kill"`, `"restart"`, ...).
+//! path was broken), the longest silence between replies, the lost sequence ranges with their
+//! send times, and the offsets of the events the test [`Probe::mark`]ed (`"kill"`, ...).
+//!
+//! Gap and silence differ when requests are delayed rather than lost: a request queued during
+//! an outage (e.g. behind an unresolved ARP entry, or in a ring nobody drains) and delivered
+//! later counts as answered, so it shortens the gap, but its late reply does not shorten the
+//! silence. Compare both, and the RTT maximum, when judging an outage.
 //!
 //! ```no_run
 //! # use std::time::Duration;
@@ -195,6 +200,26 @@ impl Gap {
     }
 }
 
+/// The time between two consecutive replies, by arrival time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Silence {
+    /// Arrival of the reply before the silence.
+    pub from: Duration,
+    /// Arrival of the next reply.
+    pub to: Duration,
+    /// The request answered by the reply at `from`.
+    pub after_seq: u64,
+    /// The request answered by the reply at `to`.
+    pub before_seq: u64,
+}
+
+impl Silence {
+    /// `to - from`: about one period while replies flow.
+    pub fn len(&self) -> Duration {
+        self.to.saturating_sub(self.from)
+    }
+}
+
 /// Round-trip time statistics of the answered requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RttStats {
@@ -255,6 +280,8 @@ pub struct ProbeReport {
     pub last_recv_error: Option<String>,
     /// The longest [`Gap`] between answered requests (`None` with fewer than 2 replies).
     pub longest_gap: Option<Gap>,
+    /// The longest [`Silence`] between replies (`None` with fewer than 2 replies).
+    pub longest_silence: Option<Silence>,
     /// Every run of lost requests, in order.
     pub lost_ranges: Vec<LostRange>,
     /// Send time of the first lost request.
@@ -757,6 +784,20 @@ fn analyze(samples: &[Sample], c: Counters, marks: &[Mark], header: ProbeReport)
         }
         prev_answered = Some((seq, s.sent));
     }
+    let mut arrivals: Vec<(Duration, u64)> = (0u64..)
+        .zip(samples)
+        .filter_map(|(seq, s)| s.reply.map(|at| (at, seq)))
+        .collect();
+    arrivals.sort_unstable();
+    let longest_silence = arrivals
+        .windows(2)
+        .map(|w| Silence {
+            from: w[0].0,
+            to: w[1].0,
+            after_seq: w[0].1,
+            before_seq: w[1].1,
+        })
+        .max_by_key(Silence::len);
     let mut rtts: Vec<Duration> = samples.iter().filter_map(Sample::rtt).collect();
     rtts.sort_unstable();
     let pct = |p: usize| rtts[(rtts.len() - 1) * p / 100];
@@ -778,6 +819,7 @@ fn analyze(samples: &[Sample], c: Counters, marks: &[Mark], header: ProbeReport)
         recv_errors: c.recv_errors,
         last_recv_error: c.last_recv_error,
         longest_gap,
+        longest_silence,
         first_loss: lost_ranges.first().map(|r| r.from),
         last_loss: lost_ranges.last().map(|r| r.to),
         lost_ranges,
@@ -816,6 +858,7 @@ impl ProbeReport {
             recv_errors: 0,
             last_recv_error: None,
             longest_gap: None,
+            longest_silence: None,
             lost_ranges: Vec::new(),
             first_loss: None,
             last_loss: None,
@@ -846,6 +889,11 @@ impl ProbeReport {
     /// not gaps: see [`ProbeReport::recovered`] and [`ProbeReport::lost_ranges`].
     pub fn outage(&self) -> Duration {
         self.gap().saturating_sub(self.period())
+    }
+
+    /// Length of the [`ProbeReport::longest_silence`] (zero with fewer than 2 replies).
+    pub fn silence(&self) -> Duration {
+        self.longest_silence.map(|g| g.len()).unwrap_or_default()
     }
 
     /// True if the last request was answered (the path worked at the end).
@@ -892,6 +940,14 @@ impl ProbeReport {
                 secs(g.to)
             );
         }
+        if let Some(q) = self.longest_silence {
+            s += &format!(
+                ", longest silence {} s (+{}..+{} s)",
+                secs(q.len()),
+                secs(q.from),
+                secs(q.to)
+            );
+        }
         if let Some(r) = self.rtt {
             s += &format!(
                 ", rtt min/p50/p99/max {:.2}/{:.2}/{:.2}/{:.2} ms",
@@ -917,8 +973,9 @@ impl ProbeReport {
         s
     }
 
-    /// The marks and lost ranges in time order, one per line: `+0.700 s  mark "kill"`,
-    /// `+0.702 s  lost seq 140..=239 (100 requests, sent +0.702..+1.197 s)`.
+    /// The marks, lost ranges, longest gap and longest silence in time order, one per line:
+    /// `+0.700 s  mark "kill"`, `+0.702 s  lost seq 140..=239 (100 requests, sent
+    /// +0.702..+1.197 s)`.
     pub fn timeline(&self) -> String {
         let mut events: Vec<(Duration, String)> = self
             .marks
@@ -939,6 +996,30 @@ impl ProbeReport {
                 ),
             )
         }));
+        if let Some(g) = self.longest_gap.filter(|g| g.lost() > 0) {
+            events.push((
+                g.from,
+                format!(
+                    "longest gap: {} s from seq {} (sent +{} s) to seq {} (sent +{} s)",
+                    secs(g.len()),
+                    g.after_seq,
+                    secs(g.from),
+                    g.before_seq,
+                    secs(g.to)
+                ),
+            ));
+        }
+        if let Some(q) = self.longest_silence.filter(|q| q.len() > self.period() * 2) {
+            events.push((
+                q.from,
+                format!(
+                    "longest silence: {} s without replies, +{}..+{} s",
+                    secs(q.len()),
+                    secs(q.from),
+                    secs(q.to)
+                ),
+            ));
+        }
         events.push((
             self.duration,
             format!("last request (seq {})", self.sent.saturating_sub(1)),
@@ -1011,6 +1092,8 @@ mod tests {
         assert_eq!((g.after_seq, g.before_seq, g.lost()), (19, 70, 50));
         assert_eq!(r.gap(), ms(510));
         assert_eq!(r.outage(), ms(500));
+        let q = r.longest_silence.unwrap();
+        assert_eq!((q.after_seq, q.before_seq, q.len()), (19, 70, ms(510)));
         assert_eq!(r.lost_ranges.len(), 3);
         assert_eq!(r.lost_ranges[0].count(), 50);
         assert_eq!(
@@ -1026,6 +1109,21 @@ mod tests {
         let kill = t.find("mark \"kill\"").unwrap();
         let range = t.find("lost seq 20..=69 (50 requests").unwrap();
         assert!(kill < range, "{t}");
+    }
+
+    #[test]
+    fn test_delayed_replies_shorten_the_gap_not_the_silence() {
+        // Requests 20..50 are held back and all answered at 600 ms.
+        let mut s = samples(100, &[]);
+        for x in &mut s[20..50] {
+            x.reply = Some(ms(600));
+        }
+        let r = report(&s, &[]);
+        assert_eq!((r.lost, r.gap()), (0, ms(10)));
+        let q = r.longest_silence.unwrap();
+        assert_eq!((q.from, q.to, q.after_seq), (ms(191), ms(501), 19));
+        assert_eq!(r.silence(), ms(310));
+        assert_eq!(r.rtt.unwrap().max, ms(400));
     }
 
     #[test]

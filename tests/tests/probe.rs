@@ -28,8 +28,10 @@ fn ip(args: &[&str]) {
 }
 
 /// Two namespaces `anp-<pid>-<n>-a`/`-b` joined by veth `pa` (10.97.0.1/24) <-> `pb`
-/// (10.97.0.2/24); both namespaces (and so the veth) are deleted on drop, even when the
-/// test panics half-way through the setup.
+/// (10.97.0.2/24), with fixed MACs and permanent neighbour entries: no ARP, so a link taken
+/// down drops packets at once instead of queueing them behind a neighbour resolution (and
+/// delivering them a second later). Both namespaces (and so the veth) are deleted on drop,
+/// even when the test panics half-way through the setup.
 struct VethPair {
     a: String,
     b: String,
@@ -48,11 +50,28 @@ impl VethPair {
         let (a, b) = (pair.a.as_str(), pair.b.as_str());
         ip(&["netns", "add", a]);
         ip(&["netns", "add", b]);
+        let (mac_a, mac_b) = ("02:00:00:97:00:01", "02:00:00:97:00:02");
         ip(&[
-            "-n", a, "link", "add", "pa", "type", "veth", "peer", "name", "pb", "netns", b,
+            "-n", a, "link", "add", "pa", "address", mac_a, "type", "veth", "peer", "name", "pb",
+            "address", mac_b, "netns", b,
         ]);
         ip(&["-n", a, "addr", "add", "10.97.0.1/24", "dev", "pa"]);
         ip(&["-n", b, "addr", "add", "10.97.0.2/24", "dev", "pb"]);
+        for (ns, peer, mac, dev) in [(a, "10.97.0.2", mac_b, "pa"), (b, "10.97.0.1", mac_a, "pb")] {
+            ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                peer,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
         for (ns, dev) in [(a, "lo"), (a, "pa"), (b, "lo"), (b, "pb")] {
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
@@ -175,6 +194,13 @@ fn probe_reports_the_gap_of_a_link_outage() {
         gap.to
     );
     assert!(gap.lost() * 10 >= r.lost * 9, "{r}");
+    // Dropped, not delayed: nothing came back during the outage either.
+    assert!(
+        r.silence() >= gap.len() / 2 && r.silence() <= gap.len() * 2,
+        "silence {:?} vs gap {:?}:\n{r}",
+        r.silence(),
+        gap.len()
+    );
     assert_eq!(r.first_loss, Some(r.lost_ranges[0].from), "{r}");
     assert_eq!((r.duplicates, r.corrupt), (0, 0), "{r}");
     assert!(r.recovered(), "{r}");

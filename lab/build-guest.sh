@@ -1,7 +1,8 @@
 #!/bin/bash
 # Builds the lab guest: a Debian 6.1 kernel (unpacked, never installed) and a tiny busybox
-# initramfs whose /init is lab/guest-init.sh. Used by the QEMU tests (crate integration-tests)
-# and scripts/demo.sh.
+# initramfs whose /init is lab/guest-init.sh, plus the host's iperf3 and ethtool with the shared
+# libraries ldd finds for them. Used by the QEMU tests (crate integration-tests) and
+# scripts/demo.sh.
 #
 # Output (default <project>/build/guest, override with ACCELNET_GUEST_DIR):
 #   vmlinuz, initramfs.cpio.gz
@@ -9,8 +10,9 @@
 #      KVER / KPKG_VERSION  guest kernel ABI and pinned package version (6.1.0-50-amd64 / 6.1.176-1)
 #      BUSYBOX              a STATIC busybox (default /bin/busybox from busybox-static)
 # Idempotent: the .deb is downloaded and unpacked once; the initramfs is rebuilt only when
-# guest-init.sh, busybox or this script changed (FORCE=1 rebuilds anyway).
+# guest-init.sh, busybox, a tool or its libraries, or this script changed (FORCE=1 rebuilds anyway).
 set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin   # ethtool, depmod
 LAB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$LAB")
 OUT=${ACCELNET_GUEST_DIR:-$ROOT/build/guest}
@@ -21,9 +23,12 @@ BUSYBOX=${BUSYBOX:-/bin/busybox}
 # Modules the guest needs (=m in Debian's config); their load order comes from modules.dep.
 MODULES=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
          failover net_failover virtio_net e1000 e1000e)
+# Dynamically linked host tools copied into the guest at their host paths (/usr/bin, /usr/sbin:
+# first in the guest's PATH), with every library `ldd` lists, at the path ldd resolved it to.
+TOOLS=(iperf3 ethtool)
 
 die() { echo "build-guest: $*" >&2; exit 1; }
-for t in dpkg-deb depmod cpio gzip; do command -v "$t" >/dev/null || die "missing $t (run scripts/install-deps.sh)"; done
+for t in dpkg-deb depmod cpio gzip ldd "${TOOLS[@]}"; do command -v "$t" >/dev/null || die "missing $t (run scripts/install-deps.sh)"; done
 [ -x "$BUSYBOX" ] || die "no busybox at $BUSYBOX (apt-get install busybox-static)"
 if command -v file >/dev/null && file -L "$BUSYBOX" | grep -q 'dynamically linked'; then
   die "$BUSYBOX is dynamically linked: install busybox-static"
@@ -53,10 +58,25 @@ fi
 [ -f "$MODROOT/modules.dep" ] || depmod -b "$KDIR" "$KVER"
 cp -u "$KDIR/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 
-# 2. Initramfs, rebuilt only if an input is newer than it.
+# 2. The tools and their shared libraries (ldd: `name => /path (addr)` or `/path (addr)`).
+TOOL_FILES=()
+for t in "${TOOLS[@]}"; do
+  bin=$(command -v "$t")
+  TOOL_FILES+=("$bin")
+  if ! libs=$(ldd "$bin" 2>&1); then
+    grep -q 'not a dynamic executable' <<< "$libs" || die "ldd $bin: $libs"
+    continue   # static: nothing else to copy
+  fi
+  if grep -q 'not found' <<< "$libs"; then die "$bin: missing libraries: $libs"; fi
+  mapfile -t -O "${#TOOL_FILES[@]}" TOOL_FILES \
+    < <(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<< "$libs")
+done
+mapfile -t TOOL_FILES < <(printf '%s\n' "${TOOL_FILES[@]}" | sort -u)
+
+# 3. Initramfs, rebuilt only if an input is newer than it.
 INITRD=$OUT/initramfs.cpio.gz
 stale=${FORCE:-}
-for f in "$LAB/guest-init.sh" "$BUSYBOX" "${BASH_SOURCE[0]}" "$KDIR/.unpacked-$KPKG_VERSION"; do
+for f in "$LAB/guest-init.sh" "$BUSYBOX" "${BASH_SOURCE[0]}" "$KDIR/.unpacked-$KPKG_VERSION" "${TOOL_FILES[@]}"; do
   if [ "$f" -nt "$INITRD" ]; then stale=1; fi
 done
 if [ -n "$stale" ] || [ ! -f "$INITRD" ]; then
@@ -89,10 +109,16 @@ if [ -n "$stale" ] || [ ! -f "$INITRD" ]; then
     cp "$MODROOT/$f" "$R/lib/modules/$base"
     echo "$base" >> "$R/lib/modules/load-order"
   done
+  for f in "${TOOL_FILES[@]}"; do
+    mkdir -p "$R$(dirname "$f")"
+    cp -L "$f" "$R$f"   # the file itself, not a symlink into the host's tree
+  done
   cp "$LAB/guest-init.sh" "$R/init"; chmod 755 "$R/init"
   (cd "$R" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > "$INITRD.tmp")
   mv "$INITRD.tmp" "$INITRD"
   echo "build-guest: modules (load order): ${ORDER[*]}"
+  echo "build-guest: tools: ${TOOL_FILES[*]}"
+  echo "build-guest: initramfs $(du -k "$INITRD" | cut -f1) KiB compressed, $(du -sk "$R" | cut -f1) KiB unpacked"
 fi
 echo "kernel: $OUT/vmlinuz"
 echo "initrd: $INITRD"

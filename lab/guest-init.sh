@@ -10,7 +10,8 @@
 # interactive shell on the serial console (no echo, no prompt), so that the host types commands
 # on QEMU's stdin (-serial stdio) and reads their output. Other lines meant for the host start
 # with "LAB:". Every role but shell ends with "poweroff -f".
-export PATH=/bin:/sbin
+# Besides busybox, the image has iperf3 and ethtool (dynamically linked, libraries from the host).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin   # busybox applets, then iperf3 and ethtool
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null

@@ -2,7 +2,7 @@
 # Installs everything accelnet needs on a fresh Debian 12 (bookworm) machine, as root:
 #   * Rust build deps (the toolchain itself comes from rustup; installed if cargo is missing)
 #   * QEMU 10 from bookworm-backports (7.2 in bookworm crashes with vhost-user + MSI-X under TCG)
-#   * busybox-static and the Debian guest kernel package for the lab guests
+#   * busybox-static, iperf3, ethtool and the Debian guest kernel package for the lab guests
 #   * DPDK (dpdk-testpmd, virtio-user / vhost PMDs) and OVS-DPDK for the tests and benchmarks
 # Idempotent: a second run only checks.  usage: scripts/install-deps.sh [--no-bench]
 set -euo pipefail
@@ -27,7 +27,7 @@ fi
 
 PKGS=(busybox-static bc python3 iproute2 gcc pkg-config ca-certificates curl xz-utils cpio kmod
       dpdk dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-net-tap23 librte-mempool-ring23
-      openvswitch-switch-dpdk procps gawk coreutils tcpdump)
+      openvswitch-switch-dpdk procps gawk coreutils tcpdump iperf3 ethtool)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 qemu_ok() { qemu-system-x86_64 --version 2>/dev/null | grep -qE 'version (1[0-9])\.'; }

@@ -1,5 +1,6 @@
 //! One QEMU TCG guest with a vhost-user virtio-net NIC, driven through its serial console.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -293,6 +294,64 @@ impl Guest {
         }
     }
 
+    /// Starts `cmd` in the background (its own subshell, stdin /dev/null, stdout and stderr
+    /// to a file in the guest's /tmp, not the console) and returns at once; e.g. an
+    /// `iperf3 -s` or an `iperf3 -c` running on several guests at the same time. The shell
+    /// does not track it as a job, so no job messages mix into later outputs.
+    pub fn run_bg(&self, cmd: &str) -> Result<BgJob> {
+        let log = format!("/tmp/bg-{}.log", self.seq.fetch_add(1, Ordering::Relaxed));
+        let out = self.run_ok(
+            &format!("( ( {cmd}\n) >{log} 2>&1 </dev/null & echo $! )"),
+            Duration::from_secs(10),
+        )?;
+        let pid = out
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next_back()
+            .ok_or_else(|| self.error(&format!("`{cmd}` &: no pid in {out:?}")))?;
+        Ok(BgJob { pid, log })
+    }
+
+    /// Waits up to `timeout` for a [`Guest::run_bg`] job to exit; returns its output.
+    pub fn wait_bg(&self, job: &BgJob, timeout: Duration) -> Result<String> {
+        let pid = job.pid;
+        let ticks = timeout.as_secs().max(1) * 10;
+        let out = self.run(
+            &format!(
+                "i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done; \
+                 ! kill -0 {pid} 2>/dev/null"
+            ),
+            timeout + Duration::from_secs(10),
+        )?;
+        if !out.success() {
+            return Err(self.error(&format!(
+                "background job {pid} still runs after {:.1} s; output so far:\n{}",
+                timeout.as_secs_f64(),
+                self.run_ok(&format!("cat {}", job.log), Duration::from_secs(10))?
+            )));
+        }
+        self.run_ok(&format!("cat {}", job.log), Duration::from_secs(10))
+    }
+
+    /// Stops a [`Guest::run_bg`] job (SIGTERM, then SIGKILL after 2 s); returns its output.
+    pub fn stop_bg(&self, job: &BgJob) -> Result<String> {
+        let pid = job.pid;
+        self.run(
+            &format!(
+                "kill {pid} 2>/dev/null; i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt 20 ]; do \
+                 sleep 0.1; i=$((i+1)); done; kill -9 {pid} 2>/dev/null; true"
+            ),
+            Duration::from_secs(15),
+        )?;
+        self.run_ok(&format!("cat {}", job.log), Duration::from_secs(10))
+    }
+
+    /// `ethtool -k <ifname>`: every feature (offload) and whether it is on.
+    pub fn ethtool_features(&self, ifname: &str) -> Result<BTreeMap<String, bool>> {
+        let out = self.run_ok(&format!("ethtool -k {ifname}"), Duration::from_secs(20))?;
+        Ok(parse_ethtool_features(&out))
+    }
+
     /// Pings `ip` from the guest: `count` requests 0.2 s apart, then waits up to `wait_s`
     /// seconds for outstanding replies. Losses are not an error.
     pub fn ping(&self, ip: &str, count: u32, wait_s: u32) -> Result<PingStats> {
@@ -396,6 +455,30 @@ impl Drop for Guest {
     }
 }
 
+/// A command started with [`Guest::run_bg`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgJob {
+    /// Its pid in the guest.
+    pub pid: u32,
+    /// The guest file holding its stdout and stderr.
+    pub log: String,
+}
+
+/// Parses `ethtool -k` output (`tx-checksumming: on`, `\ttx-checksum-ipv4: off [fixed]`).
+fn parse_ethtool_features(out: &str) -> BTreeMap<String, bool> {
+    out.lines()
+        .filter_map(|l| {
+            let (name, value) = l.trim().split_once(": ")?;
+            let on = match value.split_whitespace().next()? {
+                "on" => true,
+                "off" => false,
+                _ => return None,
+            };
+            Some((name.to_string(), on))
+        })
+        .collect()
+}
+
 fn shell_quote(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
@@ -409,4 +492,25 @@ fn shell_quote(argv: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_ethtool_features() {
+        let out = "Features for eth0:\n\
+                   rx-checksumming: on [fixed]\n\
+                   tx-checksumming: on\n\
+                   \ttx-checksum-ipv4: off [fixed]\n\
+                   tcp-segmentation-offload: off\n\
+                   \ttx-tcp-segmentation: off [requested on]\n";
+        let f = parse_ethtool_features(out);
+        assert_eq!(f.len(), 5);
+        assert!(f["rx-checksumming"]);
+        assert!(!f["tx-checksum-ipv4"]);
+        assert!(!f["tx-tcp-segmentation"]);
+        assert!(!f.contains_key("Features for eth0"));
+    }
 }

@@ -25,7 +25,7 @@ mod wire;
 
 pub use cmd::{run_cmd, CmdOutput};
 pub use console::Line;
-pub use guest::{Guest, GuestConfig};
+pub use guest::{BgJob, Guest, GuestConfig};
 pub use lab::{log, Lab};
 pub use ping::PingStats;
 pub use probe::{Probe, ProbeReport};

@@ -36,6 +36,14 @@ pub struct GuestConfig {
     pub append: String,
     /// Extra QEMU arguments.
     pub qemu_args: Vec<String>,
+    /// Extra options of the vhost-user chardev, e.g. `,reconnect-ms=100` (the switch
+    /// listens, QEMU reconnects after a switch restart) or `,server=on,wait=off` (QEMU
+    /// owns the socket, the switch connects).
+    pub chardev_opts: String,
+    /// Extra options of the vhost-user netdev, e.g. `,queues=2`.
+    pub netdev_opts: String,
+    /// Extra options of the virtio-net-pci device, e.g. `,mq=on,vectors=6`.
+    pub device_opts: String,
 }
 
 impl GuestConfig {
@@ -49,6 +57,9 @@ impl GuestConfig {
             memory_mb: 256,
             append: String::new(),
             qemu_args: Vec::new(),
+            chardev_opts: String::new(),
+            netdev_opts: String::new(),
+            device_opts: String::new(),
         }
     }
 
@@ -89,11 +100,18 @@ impl GuestConfig {
             "-no-reboot",
             "-nodefaults",
             "-chardev",
-            &format!("socket,id=c0,path={}", self.socket.display()),
+            &format!(
+                "socket,id=c0,path={}{}",
+                self.socket.display(),
+                self.chardev_opts
+            ),
             "-netdev",
-            "vhost-user,id=n0,chardev=c0",
+            &format!("vhost-user,id=n0,chardev=c0{}", self.netdev_opts),
             "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={}", self.mac),
+            &format!(
+                "virtio-net-pci,netdev=n0,mac={}{}",
+                self.mac, self.device_opts
+            ),
         ]
         .iter()
         .map(|s| s.to_string())

@@ -74,7 +74,7 @@ pub(crate) fn qemu_binary() -> String {
     std::env::var("ACCELNET_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }

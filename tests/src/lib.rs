@@ -8,6 +8,8 @@
 //! * [`Guest`]: one QEMU TCG guest (kernel + initramfs from `lab/build-guest.sh`, role
 //!   `shell`); the harness types commands on its serial console ([`Guest::run`]).
 //! * [`PingStats`]: parses busybox/iputils `ping` summaries.
+//! * [`SwitchProcess`]: `accelnet switch run` as a child process a test can SIGKILL and
+//!   restart.
 //! * [`Probe`]: a constant-rate ICMP echo probe from a netns, reporting losses, the longest
 //!   gap and lost ranges against the test's [`Probe::mark`]s ([`ProbeReport`]).
 //!
@@ -21,6 +23,7 @@ mod guest;
 mod lab;
 mod ping;
 pub mod probe;
+mod switch_proc;
 mod wire;
 
 pub use cmd::{run_cmd, CmdOutput};
@@ -29,6 +32,7 @@ pub use guest::{BgJob, Guest, GuestConfig};
 pub use lab::{log, Lab};
 pub use ping::PingStats;
 pub use probe::{Probe, ProbeReport};
+pub use switch_proc::{accelnet_binary, SwitchProcess};
 pub use wire::{Wire, WIRE_IP, WIRE_MAC};
 
 use std::fmt;

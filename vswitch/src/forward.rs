@@ -288,6 +288,8 @@ pub struct Forwarder {
     watched: Vec<RawFd>,
     /// Host buffers for frames that need checksum or segmentation work.
     scratch: std::cell::RefCell<Scratch>,
+    /// A super-frame from an uplink, rewritten as a GSO frame.
+    uplink_buf: std::cell::RefCell<Vec<u8>>,
 }
 
 /// Host buffers of the offload slow path: the frame as it leaves, and one segment.
@@ -376,6 +378,7 @@ impl Forwarder {
             armed: Vec::new(),
             watched: Vec::new(),
             scratch: std::cell::RefCell::new(Scratch::default()),
+            uplink_buf: std::cell::RefCell::new(vec![0; MAX_GSO_FRAME + VLAN_TAG_LEN]),
         };
         let table = f.shared.ports.load_full();
         f.refresh(&table);
@@ -917,6 +920,8 @@ impl Forwarder {
             return 0;
         };
         let mut rx = Delivered::default();
+        let wire_mtu = sock.mtu();
+        let mut big = self.uplink_buf.borrow_mut();
         let n = sock.rx_burst(BATCH, |f| {
             rx.packets += 1;
             rx.bytes += f.data.len() as u64;
@@ -924,9 +929,21 @@ impl Forwarder {
                 port.counters.drop(DropReason::RuntFrame, 1);
                 return;
             };
-            if f.data.len() > self.shared.max_frame {
-                port.counters.drop(DropReason::OversizeFrame, 1);
-                return;
+            // A TCP super-frame (the sending host's TSO over veth/tap, or GRO) becomes
+            // a GSO frame: guests with TSO take it whole, others get it segmented.
+            let mut offload = None;
+            let mut data = f.data;
+            if data.len() > self.shared.max_frame {
+                match super_frame(data, wire_mtu, &mut big) {
+                    Some((len, hdr)) => {
+                        offload = Some(hdr);
+                        data = &big[..len];
+                    }
+                    None => {
+                        port.counters.drop(DropReason::OversizeFrame, 1);
+                        return;
+                    }
+                }
             }
             // The kernel usually strips the tag into metadata; else it is in the bytes.
             let (vlan, tagged) = match (f.vlan, h.vlan_tag) {
@@ -942,20 +959,18 @@ impl Forwarder {
                 }
             };
             // A frame the sending host left with a partial checksum (veth, tap).
-            let offload = if f.csum_not_ready {
-                partial_csum_location(f.data).map(|(csum_start, csum_offset)| VnetHdr {
+            if offload.is_none() && f.csum_not_ready {
+                offload = partial_csum_location(data).map(|(csum_start, csum_offset)| VnetHdr {
                     flags: FLAG_NEEDS_CSUM,
                     csum_start,
                     csum_offset,
                     ..VnetHdr::default()
-                })
-            } else {
-                None
-            };
+                });
+            }
             let frame = OutFrame {
-                bytes: FrameBytes::Host(f.data),
+                bytes: FrameBytes::Host(data),
                 tagged,
-                len: f.data.len(),
+                len: data.len(),
                 offload,
             };
             let targets: &mut dyn Iterator<Item = &Arc<Port>> = match dest {
@@ -963,7 +978,7 @@ impl Forwarder {
                 Dest::Flood => &mut table.iter(),
                 Dest::Dropped => &mut std::iter::empty(),
             };
-            let hint = flow_hash(f.data);
+            let hint = flow_hash(data);
             for t in targets {
                 // Uplink-to-uplink bridging is not done: each uplink is its own wire.
                 if t.id == id || t.vhost().is_none() {
@@ -982,6 +997,20 @@ impl Forwarder {
             .fetch_add(rx.bytes, Ordering::Relaxed);
         n
     }
+}
+
+/// Copies a TCP frame longer than the MTU into `buf` and describes it as GSO with
+/// MSS-sized segments for a `wire_mtu` wire; `None` if it is not TCP over IP.
+fn super_frame(data: &[u8], wire_mtu: u16, buf: &mut [u8]) -> Option<(usize, VnetHdr)> {
+    let frame = buf.get_mut(..data.len())?;
+    frame.copy_from_slice(data);
+    let info = crate::offload::parse_frame(frame).ok()?;
+    // IP + TCP headers: the TCP data offset (high nibble of byte 12 of the header).
+    let tcp_hlen = usize::from(frame.get(info.l4_offset + 12)? >> 4) * 4;
+    let headers = info.l4_offset - info.l3_offset + tcp_hlen;
+    let mss = u16::try_from(usize::from(wire_mtu).checked_sub(headers)?).ok()?;
+    let hdr = crate::offload::gso_from_frame(frame, mss).ok()?;
+    Some((data.len(), hdr))
 }
 
 /// Stops a queue whose rings are unusable, so the thread does not spin on it.

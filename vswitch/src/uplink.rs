@@ -12,9 +12,10 @@
 //!   [`RxFrame::vlan`] and `data` starts untagged. Frames with an 802.1ad outer
 //!   tag are skipped ([`RingStats::rx_unsupported_tag`]).
 //! - Frames the host itself transmits on the interface are not received.
-//! - Received frames can exceed the MTU if the interface aggregates (GRO/LRO);
-//!   the caller checks lengths. Frames longer than an RX block (64 KiB for
-//!   MTUs up to ~16000) are skipped ([`RingStats::rx_truncated`]).
+//! - Received frames can exceed the MTU if the interface aggregates (GRO/LRO) or
+//!   the sending host hands over unsegmented TCP (veth, tap); the caller checks
+//!   lengths. RX blocks are at least 128 KiB, so a 64 KiB super-frame fits;
+//!   longer frames are skipped ([`RingStats::rx_truncated`]).
 //! - The RX ring is 4 MiB in 64 KiB blocks the kernel hands over when full or
 //!   1 ms after their first frame: under light load each block carries about
 //!   1 ms of traffic, so the reader may stall up to ~64 ms before frames drop
@@ -79,6 +80,7 @@ pub struct Uplink {
     name: String,
     native_vlan: u16,
     max_frame: usize,
+    mtu: u16,
     sock: PacketSocket,
 }
 
@@ -103,10 +105,16 @@ impl Uplink {
                     source,
                 },
             })?;
+        // The interface's own MTU sizes the segments of super-frames it delivers.
+        let mtu = std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(1500);
         Ok(Uplink {
             name: ifname,
             native_vlan: cfg.native_vlan,
             max_frame,
+            mtu,
             sock,
         })
     }
@@ -124,6 +132,11 @@ impl Uplink {
     /// The `max_frame` the uplink was opened with.
     pub fn max_frame(&self) -> usize {
         self.max_frame
+    }
+
+    /// The interface's MTU when it was opened.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
     }
 
     /// Descriptor to wait on: readable when received frames are ready, writable

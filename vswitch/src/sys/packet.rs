@@ -46,7 +46,7 @@ use libc::{c_int, c_void, socklen_t};
 /// stall whatever its size in bytes: many small blocks beat a few big ones
 /// (64 KiB holds 40 full 1518-byte frames). A power of two, as the kernel
 /// allocates a block as one page order.
-const MIN_BLOCK_SIZE: usize = 64 << 10;
+const MIN_BLOCK_SIZE: usize = 128 << 10;
 /// A block holds at least this many frames of `max_frame`.
 const MIN_FRAMES_PER_BLOCK: usize = 4;
 /// Bytes of the RX ring: 64 blocks of 64 KiB for MTUs up to ~16000.
@@ -1291,19 +1291,21 @@ mod tests {
     }
 
     #[test]
-    fn test_geometry_standard_mtu_64k_blocks() {
+    fn test_geometry_standard_mtu_128k_blocks() {
         let g = Geometry::for_max_frame(1518).expect("valid");
         assert_eq!(
             g,
             Geometry {
-                block_size: 64 << 10,
-                rx_blocks: 64,
-                tx_blocks: 13,
+                block_size: 128 << 10,
+                rx_blocks: 32,
+                tx_blocks: 7,
                 frame_size: 1600
             }
         );
+        // A 64 KiB TCP super-frame (veth TSO, GRO) and its header fit in one block.
+        assert!(g.block_size > 65_535 + 14 + libc::TPACKET3_HDRLEN);
         assert_eq!(g.rx_bytes(), 4 << 20);
-        assert_eq!(g.tx_slots(), 520);
+        assert_eq!(g.tx_slots(), 567);
         assert_eq!(g.tx_capacity(), 1552);
     }
 

@@ -16,13 +16,13 @@
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod dirty;
 pub mod fdb;
 pub mod features;
 pub mod forward;
 pub(crate) mod logging;
 pub mod metrics;
 pub mod offload;
-pub mod policy;
 pub mod port;
 pub mod relay;
 pub mod ring;

@@ -6,6 +6,12 @@
 //! one used-index store and at most one interrupt per batch), and writes the indices
 //! back with [`SplitRing::write_back`]. Every address and length comes from the
 //! guest and is checked: a bad chain becomes a [`DropReason`], never a panic.
+//!
+//! Guest memory carries a [`FastLogBitmap`] per region: every write below (RX data and
+//! virtio-net headers through [`SegWriter`], used elements, used index, flags and
+//! `avail_event` in [`SplitRing`]) goes through a `VolatileSlice` whose bitmap slice
+//! marks the written range dirty while the frontend migrates the VM (see [`crate::dirty`]).
+//! Reads (TX data, avail ring, descriptors) never mark.
 
 use std::cell::Cell;
 use std::sync::atomic::{fence, Ordering};
@@ -13,15 +19,17 @@ use std::sync::atomic::{fence, Ordering};
 use vhost_user_backend::VringRwLock;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::bitmap::BS;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap, MemoryRegionAddress, VolatileMemory, VolatileSlice,
 };
 
 use crate::api::DropReason;
+use crate::dirty::FastLogBitmap;
 
-/// Dirty-page bitmap of guest memory. `()` until migration support logs writes.
-pub type GuestBitmap = ();
+/// Dirty-page bitmap of guest memory: logs writes during live migration.
+pub type GuestBitmap = FastLogBitmap;
 /// Guest memory as mapped by the switch.
 pub type GuestMem = GuestMemoryMmap<GuestBitmap>;
 /// Guest memory that the vhost-user daemon swaps on SET_MEM_TABLE.
@@ -30,8 +38,8 @@ pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
 pub type Vring = VringRwLock<GuestMemAtomic>;
 /// One mapped region of guest memory.
 pub type GuestRegion = GuestRegionMmap<GuestBitmap>;
-/// A checked window into guest memory.
-pub type Slice<'m> = VolatileSlice<'m, ()>;
+/// A checked window into guest memory (writes through it are logged when migrating).
+pub type Slice<'m> = VolatileSlice<'m, BS<'m, GuestBitmap>>;
 
 const VIRTQ_DESC_F_NEXT: u16 = 1;
 const VIRTQ_DESC_F_WRITE: u16 = 2;
@@ -56,20 +64,19 @@ pub enum RingError {
     AvailIndex(u16, u16),
 }
 
-/// A list of guest memory segments with a fixed capacity (no allocation).
+/// A list of guest memory segments with a fixed capacity: allocated once when
+/// created, never grown.
 #[derive(Debug)]
 pub struct Segments<'m> {
-    segs: [Slice<'m>; SEG_CAPACITY],
-    len: usize,
+    segs: Vec<Slice<'m>>,
 }
 
 impl Default for Segments<'_> {
     fn default() -> Self {
-        // Unused entries hold an empty slice; only `segs[..len]` is ever read.
-        let empty: &'static mut [u8] = &mut [];
+        // A Vec rather than an array: a `VolatileSlice` with a bitmap has no safe
+        // "empty" value to fill unused array slots with.
         Segments {
-            segs: [VolatileSlice::from(empty); SEG_CAPACITY],
-            len: 0,
+            segs: Vec::with_capacity(SEG_CAPACITY),
         }
     }
 }
@@ -77,27 +84,25 @@ impl Default for Segments<'_> {
 impl<'m> Segments<'m> {
     /// Forgets every segment.
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.segs.clear();
     }
 
     fn push(&mut self, s: Slice<'m>) -> Result<(), DropReason> {
-        let slot = self
-            .segs
-            .get_mut(self.len)
-            .ok_or(DropReason::BadDescriptor)?;
-        *slot = s;
-        self.len += 1;
+        if self.segs.len() >= SEG_CAPACITY {
+            return Err(DropReason::BadDescriptor);
+        }
+        self.segs.push(s);
         Ok(())
     }
 
     /// Number of segments.
     pub fn len(&self) -> usize {
-        self.len
+        self.segs.len()
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.segs.is_empty()
     }
 
     /// Room left, in segments.
@@ -107,19 +112,21 @@ impl<'m> Segments<'m> {
 
     /// Forgets the segments from index `len` on.
     pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        self.segs.truncate(len);
     }
 
     /// The segments `start..end`.
     pub fn range(&self, start: usize, end: usize) -> &[Slice<'m>] {
-        self.segs.get(start..end.min(self.len)).unwrap_or(&[])
+        self.segs
+            .get(start..end.min(self.segs.len()))
+            .unwrap_or(&[])
     }
 
     /// Drops the first `n` bytes of the segments from index `start` to the end (the
     /// virtio-net header of the chain walked last).
     pub fn skip_front_from(&mut self, start: usize, mut n: usize) {
         let mut first = start;
-        while n > 0 && first < self.len {
+        while n > 0 && first < self.segs.len() {
             let s = self.segs[first];
             if s.len() <= n {
                 n -= s.len();
@@ -133,8 +140,7 @@ impl<'m> Segments<'m> {
             }
         }
         if first > start {
-            self.segs.copy_within(first..self.len, start);
-            self.len -= first - start;
+            self.segs.drain(start..first);
         }
     }
 
@@ -149,13 +155,13 @@ impl<'m> Segments<'m> {
     where
         [u8; N]: vm_memory::ByteValued,
     {
-        if let Some(s) = self.segs.get(start).filter(|_| start < self.len) {
+        if let Some(s) = self.segs.get(start) {
             if let Ok(r) = s.get_ref::<[u8; N]>(0) {
                 return (r.load(), N);
             }
         }
         let mut buf = [0u8; N];
-        let n = self.read_range(start, self.len, 0, &mut buf);
+        let n = self.read_range(start, self.segs.len(), 0, &mut buf);
         (buf, n)
     }
 }
@@ -206,8 +212,7 @@ impl<'a, 'm> SegWriter<'a, 'm> {
     }
 
     fn current(&mut self) -> Option<Slice<'m>> {
-        while self.idx < self.segs.len {
-            let s = self.segs.segs[self.idx];
+        while let Some(&s) = self.segs.segs.get(self.idx) {
             if self.off < s.len() {
                 return s.offset(self.off).ok();
             }
@@ -224,7 +229,7 @@ impl<'a, 'm> SegWriter<'a, 'm> {
         [u8; N]: vm_memory::ByteValued,
     {
         if self.written == 0 {
-            if let Some(s) = self.segs.segs.first().filter(|_| self.segs.len > 0) {
+            if let Some(s) = self.segs.segs.first() {
                 if let Ok(r) = s.get_ref::<[u8; N]>(0) {
                     r.store(hdr);
                     self.off = N;
@@ -670,6 +675,80 @@ mod tests {
         let h = r.pop().unwrap().unwrap();
         r.add_used(h, 64).unwrap();
         assert!(r.publish().unwrap());
+    }
+
+    /// Guest page numbers of the test layout.
+    fn page(gpa: u64) -> u64 {
+        gpa >> 12
+    }
+
+    #[test]
+    fn test_ring_logs_used_ring_and_rx_writes_not_reads() {
+        use crate::dirty::tests::{clear, dirty_pages, install_local_log};
+        let (mem, mut q) = setup();
+        q.set_event_idx(true);
+        let log = install_local_log(&mem, crate::dirty::log_size_for(BASE + 0x10_0000) as usize);
+        // RX chain: 5 bytes on one page, 0x2000 bytes over two pages further on.
+        put_desc(&mem, 0, DATA, 5, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+        put_desc(&mem, 1, DATA + 0x3000, 0x2000, VIRTQ_DESC_F_WRITE, 0);
+        // TX chain in the next pages.
+        put_desc(&mem, 2, DATA + 0x8000, 64, 0, 0);
+        publish_avail(&mem, &[0, 2]);
+        let src = mem.get_slice(GuestAddress(DATA + 0x8000), 64).unwrap();
+        // (The test's own descriptor and avail writes went through the logged memory.)
+        clear(&log);
+
+        // Popping and walking reads descriptors, the avail ring and (for TX) data.
+        let mut r = SplitRing::new(&q, &mem).unwrap();
+        r.pending().unwrap();
+        let rx = r.pop().unwrap().unwrap();
+        let tx = r.pop().unwrap().unwrap();
+        let mut rx_segs = Segments::default();
+        let mut tx_segs = Segments::default();
+        r.walk(rx, true, &mut rx_segs).unwrap();
+        r.walk(tx, false, &mut tx_segs).unwrap();
+        let mut buf = [0u8; 64];
+        tx_segs.read_range(0, tx_segs.len(), 0, &mut buf);
+        assert!(r.notifications_disabled());
+        assert!(
+            dirty_pages(&log).is_empty(),
+            "reads logged: {:x?}",
+            dirty_pages(&log)
+        );
+
+        // Header + data: the first buffer's page and only the written part of the second.
+        let mut w = SegWriter::new(&rx_segs);
+        w.write_header([1u8; 5]);
+        w.write_bytes(&[2u8; 3]);
+        assert_eq!(w.write_slice(src), 64);
+        assert_eq!(dirty_pages(&log), [page(DATA), page(DATA + 0x3000)]);
+        clear(&log);
+        w.write_bytes(&[3u8; 0x1000]);
+        assert_eq!(
+            dirty_pages(&log),
+            [page(DATA + 0x3000), page(DATA + 0x4000)]
+        );
+        clear(&log);
+
+        // Used elements, used index and avail_event: the used ring's page only.
+        r.add_used(rx, 0x1000).unwrap();
+        r.add_used(tx, 0).unwrap();
+        assert_eq!(dirty_pages(&log), [page(USED)]);
+        clear(&log);
+        r.publish().unwrap();
+        assert_eq!(dirty_pages(&log), [page(USED)]);
+        clear(&log);
+        r.enable_notifications().unwrap();
+        assert_eq!(dirty_pages(&log), [page(USED)]);
+        clear(&log);
+
+        // Logging off: the same writes leave no trace.
+        crate::dirty::set_logging(&mem, false);
+        let mut w = SegWriter::new(&rx_segs);
+        w.write_bytes(&[4u8; 0x100]);
+        r.add_used(rx, 0x100).unwrap();
+        r.publish().unwrap();
+        assert!(dirty_pages(&log).is_empty());
     }
 
     #[test]

@@ -25,6 +25,12 @@
 //!
 //! Backend misbehaviour seen on the RX ring (a used id that was never offered, a length
 //! larger than the buffer, a `num_buffers` of 0) panics with a message: this is a test tool.
+//!
+//! Live migration's dirty log is played like QEMU too: [`MockFrontend::set_log_all`]
+//! sends SET_FEATURES with or without `VHOST_F_LOG_ALL`, [`MockFrontend::set_log_base`]
+//! shares a memfd log (one bit per 4 KiB guest page) with SET_LOG_BASE, and
+//! [`MockFrontend::take_dirty_pages`] reads and clears it atomically as QEMU's log sync
+//! does.
 
 use std::fmt;
 use std::fs::File;
@@ -33,15 +39,17 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
+use vhost::VhostUserDirtyLogRegion;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, VolatileMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::sys::memfd::memfd_create;
@@ -68,6 +76,10 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// virtio feature bit: VIRTIO_F_VERSION_1.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// vhost feature bit: VHOST_F_LOG_ALL (log every write to guest memory: migration).
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
+/// Guest memory covered by one bit of the dirty log.
+pub const LOG_PAGE_SIZE: u64 = 4096;
 /// Length of `virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF negotiated).
 pub const VIRTIO_NET_HDR_LEN: usize = 12;
 /// Length of the legacy `virtio_net_hdr` (neither VERSION_1 nor MRG_RXBUF).
@@ -360,6 +372,12 @@ pub fn wait_peer_closed(stream: &mut UnixStream, timeout: Duration) -> bool {
     }
 }
 
+/// The dirty log shared with SET_LOG_BASE, mapped here to be read back.
+struct DirtyLog {
+    _file: File,
+    map: MmapRegion<()>,
+}
+
 /// A vhost-user-net frontend over a real unix socket with memfd guest memory.
 ///
 /// Dropping it closes the connection (both directions, even if the backend holds a
@@ -369,11 +387,13 @@ pub struct MockFrontend {
     frontend: Frontend,
     sock: UnixStream,
     mem: GuestMemoryMmap,
-    _memfd: File,
+    memfd: File,
+    log: Option<DirtyLog>,
     kick: [EventFd; 2],
     call: [EventFd; 2],
     opts: MockOptions,
     layout: Layout,
+    offered: u64,
     features: u64,
     protocol_features: u64,
     hdr_len: usize,
@@ -404,6 +424,17 @@ impl fmt::Debug for MockFrontend {
     }
 }
 
+/// The one guest memory region, as SET_MEM_TABLE describes it.
+fn mem_region(memfd: &File, size: u64) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr: GUEST_MEM_BASE,
+        memory_size: size,
+        userspace_addr: FRONTEND_VA_BASE,
+        mmap_offset: 0,
+        mmap_handle: memfd.as_raw_fd(),
+    }
+}
+
 fn vhost_err(step: impl Into<String>) -> impl FnOnce(vhost::Error) -> MockError {
     let step = step.into();
     move |source| MockError::Vhost { step, source }
@@ -415,8 +446,8 @@ impl MockFrontend {
     ///
     /// 1. SET_OWNER, GET_FEATURES, SET_FEATURES with the offered subset of VERSION_1,
     ///    MRG_RXBUF, EVENT_IDX and PROTOCOL_FEATURES (minus those `opts` turns off);
-    /// 2. GET/SET_PROTOCOL_FEATURES with the offered subset of REPLY_ACK, MQ and
-    ///    CONFIGURE_MEM_SLOTS; with REPLY_ACK every later request asks for an ack, so a
+    /// 2. GET/SET_PROTOCOL_FEATURES with the offered subset of REPLY_ACK, MQ,
+    ///    CONFIGURE_MEM_SLOTS and LOG_SHMFD; with REPLY_ACK every later request asks for an ack, so a
     ///    request the backend refuses fails `connect`; with MQ, GET_QUEUE_NUM;
     /// 3. SET_MEM_TABLE with one memfd region at [`GUEST_MEM_BASE`];
     /// 4. per queue SET_VRING_NUM, SET_VRING_BASE 0, SET_VRING_ADDR, SET_VRING_KICK,
@@ -462,7 +493,8 @@ impl MockFrontend {
             let ack = pf
                 & (VhostUserProtocolFeatures::REPLY_ACK
                     | VhostUserProtocolFeatures::MQ
-                    | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+                    | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+                    | VhostUserProtocolFeatures::LOG_SHMFD);
             frontend
                 .set_protocol_features(ack)
                 .map_err(vhost_err("set_protocol_features"))?;
@@ -482,15 +514,8 @@ impl MockFrontend {
             }
         }
 
-        let region = VhostUserMemoryRegionInfo {
-            guest_phys_addr: GUEST_MEM_BASE,
-            memory_size: opts.mem_size,
-            userspace_addr: FRONTEND_VA_BASE,
-            mmap_offset: 0,
-            mmap_handle: memfd.as_raw_fd(),
-        };
         frontend
-            .set_mem_table(&[region])
+            .set_mem_table(&[mem_region(&memfd, opts.mem_size)])
             .map_err(vhost_err("set_mem_table"))?;
 
         let hdr_len = if features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
@@ -504,10 +529,12 @@ impl MockFrontend {
             frontend,
             sock,
             mem,
-            _memfd: memfd,
+            memfd,
+            log: None,
             kick,
             call,
             layout,
+            offered,
             features,
             protocol_features,
             hdr_len,
@@ -636,12 +663,24 @@ impl MockFrontend {
         Ok(v)
     }
 
-    fn rx_buf_addr(&self, i: u16) -> u64 {
+    /// Guest physical address of RX buffer `i` (behind RX descriptor `i`).
+    pub fn rx_buf_addr(&self, i: u16) -> u64 {
         self.layout.rx_base + u64::from(i) * u64::from(self.opts.rx_buf_len)
     }
 
-    fn tx_buf_addr(&self, d: u16) -> u64 {
+    /// Guest physical address of the TX buffer of descriptor `d` (`d` up to the queue
+    /// size: `tx_buf_addr(queue_size)` is the end of the TX buffers).
+    pub fn tx_buf_addr(&self, d: u16) -> u64 {
         self.layout.tx_base + u64::from(d) * u64::from(self.opts.tx_buf_len)
+    }
+
+    /// The used entry at position `used_idx` (mod the queue size) of `queue`:
+    /// (descriptor id, bytes written).
+    pub fn used_entry(&self, queue: usize, used_idx: u16) -> Result<(u32, u32), MockError> {
+        if queue > TX_QUEUE {
+            return Err(MockError::Options(format!("no queue {queue}")));
+        }
+        self.used_elem(queue, used_idx)
     }
 
     fn qsize(&self) -> u16 {
@@ -1008,6 +1047,121 @@ impl MockFrontend {
         let closed = wait_peer_closed(&mut self.sock, timeout);
         let _ = self.sock.set_read_timeout(Some(REPLY_TIMEOUT));
         closed
+    }
+
+    // ---- migration: dirty log ----
+
+    /// virtio feature bits the backend offered (GET_FEATURES).
+    pub fn offered_features(&self) -> u64 {
+        self.offered
+    }
+
+    /// Sends SET_FEATURES with `features` (bits the backend did not offer are refused by
+    /// it). Keeps the header length chosen at connect.
+    pub fn set_features(&mut self, features: u64) -> Result<(), MockError> {
+        self.frontend
+            .set_features(features)
+            .map_err(vhost_err(format!("set_features({features:#x})")))?;
+        self.features = features;
+        Ok(())
+    }
+
+    /// Sends SET_FEATURES with the acknowledged features plus (`on`) or minus
+    /// `VHOST_F_LOG_ALL`, as QEMU does when migration starts or ends.
+    pub fn set_log_all(&mut self, on: bool) -> Result<(), MockError> {
+        if on && self.offered & VHOST_F_LOG_ALL == 0 {
+            return Err(MockError::Options(
+                "the backend does not offer VHOST_F_LOG_ALL".into(),
+            ));
+        }
+        let f = if on {
+            self.features | VHOST_F_LOG_ALL
+        } else {
+            self.features & !VHOST_F_LOG_ALL
+        };
+        self.set_features(f)
+    }
+
+    /// Sends SET_MEM_TABLE again with the same memory, as QEMU does on any change of
+    /// the guest's memory map (the backend maps it anew; rings keep running).
+    pub fn resend_mem_table(&mut self) -> Result<(), MockError> {
+        self.frontend
+            .set_mem_table(&[mem_region(&self.memfd, self.opts.mem_size)])
+            .map_err(vhost_err("set_mem_table"))?;
+        Ok(())
+    }
+
+    /// Size of a dirty log covering all of guest memory (from address 0), rounded up to
+    /// 64-bit words like QEMU's.
+    pub fn log_size_needed(&self) -> u64 {
+        self.layout.end.div_ceil(LOG_PAGE_SIZE).div_ceil(64) * 8
+    }
+
+    /// Shares a fresh, zeroed `size`-byte dirty log (a memfd) with SET_LOG_BASE and waits
+    /// for the backend's reply. Needs LOG_SHMFD (acknowledged at connect when offered).
+    /// A backend that refuses the log closes the connection: the error says so.
+    pub fn set_log_base(&mut self, size: u64) -> Result<(), MockError> {
+        if self.protocol_features & VhostUserProtocolFeatures::LOG_SHMFD.bits() == 0 {
+            return Err(MockError::Options("LOG_SHMFD was not negotiated".into()));
+        }
+        let len = usize::try_from(size)
+            .ok()
+            .filter(|l| *l > 0)
+            .ok_or_else(|| MockError::Options(format!("bad log size {size}")))?;
+        let file = memfd_create("accelnet-mock-dirty-log", size)?;
+        let map = MmapRegion::<()>::from_file(FileOffset::new(file.try_clone()?, 0), len)
+            .map_err(|e| MockError::Io(io::Error::other(e)))?;
+        let region = VhostUserDirtyLogRegion {
+            mmap_size: size,
+            mmap_offset: 0,
+            mmap_handle: file.as_raw_fd(),
+        };
+        self.frontend
+            .set_log_base(0, Some(region))
+            .map_err(vhost_err("set_log_base"))?;
+        self.log = Some(DirtyLog { _file: file, map });
+        Ok(())
+    }
+
+    fn log_bytes(&self) -> Result<(&DirtyLog, usize), MockError> {
+        let log = self
+            .log
+            .as_ref()
+            .ok_or_else(|| MockError::Options("no dirty log: call set_log_base".into()))?;
+        Ok((log, log.map.len()))
+    }
+
+    fn collect_dirty(&self, take: bool) -> Result<Vec<u64>, MockError> {
+        let (log, len) = self.log_bytes()?;
+        let slice = log.map.as_volatile_slice();
+        let mut pages = Vec::new();
+        for i in 0..len {
+            let byte = slice
+                .get_atomic_ref::<AtomicU8>(i)
+                .map_err(|e| MockError::Io(io::Error::other(e)))?;
+            let bits = if take {
+                byte.swap(0, Ordering::SeqCst)
+            } else {
+                byte.load(Ordering::SeqCst)
+            };
+            for bit in 0..8 {
+                if bits & (1 << bit) != 0 {
+                    pages.push((i as u64 * 8 + bit) * LOG_PAGE_SIZE);
+                }
+            }
+        }
+        Ok(pages)
+    }
+
+    /// Guest physical addresses of the pages marked dirty in the log, ascending.
+    pub fn dirty_pages(&self) -> Result<Vec<u64>, MockError> {
+        self.collect_dirty(false)
+    }
+
+    /// Like [`MockFrontend::dirty_pages`], clearing each byte of the log atomically as it
+    /// is read (QEMU's log sync): a bit the backend sets meanwhile is never lost.
+    pub fn take_dirty_pages(&self) -> Result<Vec<u64>, MockError> {
+        self.collect_dirty(true)
     }
 
     /// Drops the connection abruptly: no GET_VRING_BASE, no reset, the socket is shut down.

@@ -23,6 +23,7 @@ pub mod forward;
 pub(crate) mod logging;
 pub mod metrics;
 pub mod offload;
+pub mod policy;
 pub mod port;
 pub mod relay;
 pub mod ring;

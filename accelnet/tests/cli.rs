@@ -213,13 +213,15 @@ impl ControlHandler for FakeSwitch {
                     vlan: 1,
                     connected: true,
                     acked_features: 0,
+                    policy: Default::default(),
                 }],
             },
-            Request::Fdb {} | Request::PortAdd { .. } | Request::PortDel { .. } => {
-                Response::Error {
-                    message: "fdb is busy".into(),
-                }
-            }
+            Request::Fdb {}
+            | Request::PortAdd { .. }
+            | Request::PortSet { .. }
+            | Request::PortDel { .. } => Response::Error {
+                message: "fdb is busy".into(),
+            },
             Request::Stats {} => Response::Stats {
                 ports: canned_stats(),
             },
@@ -477,6 +479,59 @@ fn cli_port_add_del_and_metrics_on_a_running_switch() {
     assert!(stderr(&o).contains("no VM port named zz"), "{}", stderr(&o));
     let o = accelnet(&["switch", "port", "add", "c", "--socket", "--control", ctl_s]);
     assert_eq!(o.status.code(), Some(2), "a missing value is a usage error");
+
+    // Policy at run time: applied and shown, bad values refused by name.
+    let o = accelnet(&[
+        "switch",
+        "port",
+        "set",
+        "b",
+        "--allowed-mac",
+        "52:54:00:00:00:0b",
+        "--trunk",
+        "20,30",
+        "--native-vlan",
+        "20",
+        "--ingress-pps",
+        "1000",
+        "--max-fdb-entries",
+        "4",
+        "--control",
+        ctl_s,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = accelnet(&["switch", "ports", "--json", "--control", ctl_s]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("52:54:00:00:00:0b") && out.contains("\"max_fdb_entries\": 4"),
+        "{out}"
+    );
+    for (flags, needle) in [
+        (&["--ingress-pps", "0"][..], "pps"),
+        (&["--trunk", "10,5000"][..], "5000"),
+        (
+            &["--allowed-mac", "ff:ff:ff:ff:ff:ff"][..],
+            "ff:ff:ff:ff:ff:ff",
+        ),
+    ] {
+        let mut args = vec!["switch", "port", "set", "b"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--control", ctl_s]);
+        let o = accelnet(&args);
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{flags:?}: {}", stderr(&o));
+    }
+    let o = accelnet(&[
+        "switch",
+        "port",
+        "set",
+        "b",
+        "--native-vlan",
+        "3",
+        "--control",
+        ctl_s,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "--native-vlan needs --trunk");
 
     let o = accelnet(&["switch", "port", "del", "b", "--control", ctl_s]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

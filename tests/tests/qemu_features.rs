@@ -94,10 +94,7 @@ fn qemu_multiqueue_offloads_jumbo_and_tcp_to_wire() {
                 ..PortConfig::new(&sock_c)
             },
         ],
-        uplinks: vec![UplinkConfig {
-            ifname: wire.uplink().to_string(),
-            native_vlan: 1,
-        }],
+        uplinks: vec![UplinkConfig::new(wire.uplink().to_string(), 1)],
     })
     .unwrap_or_else(|e| panic!("switch start: {e} ({e:?})"));
 

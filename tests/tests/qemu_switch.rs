@@ -109,10 +109,7 @@ fn qemu_guests_talk_through_switch_and_vlan_isolates() {
                 ..PortConfig::new(&sock_c)
             },
         ],
-        uplinks: vec![UplinkConfig {
-            ifname: wire.uplink().to_string(),
-            native_vlan: 1,
-        }],
+        uplinks: vec![UplinkConfig::new(wire.uplink().to_string(), 1)],
         ..SwitchConfig::default()
     };
     let sw = Switch::start(config).unwrap_or_else(|e| panic!("switch start: {e} ({e:?})"));

@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
 use vswitch::config::PortMode;
 use vswitch::fdb::Fdb;
 use vswitch::forward::{Forwarder, PortTable, Shared, VNET_HDR_LEN};
+use vswitch::policy::{PolicyConfig, PortPolicy, VlanMode};
 use vswitch::port::{Attached, Port, PortBackend, QueuePair, VhostPort, Waker, OFFERED_FEATURES};
 use vswitch::ring::{GuestMem, Vring};
 use vswitch::MacAddr;
@@ -117,6 +118,7 @@ fn port(id: u16, g: &SimGuest, wakers: &Arc<[Arc<Waker>]>) -> Arc<Port> {
         0,
         wakers.clone(),
         PortBackend::Vhost(vp),
+        PortPolicy::new(&PolicyConfig::default(), &VlanMode::Access(1), 0).unwrap(),
     ))
 }
 

@@ -23,6 +23,13 @@ pub enum Request {
         /// The port.
         port: crate::config::PortConfig,
     },
+    /// Replace a port's policy (VM port or uplink).
+    PortSet {
+        /// Port name.
+        name: String,
+        /// The new policy (`{}` removes every restriction).
+        policy: crate::policy::PolicyConfig,
+    },
     /// Remove a VM port: close its connections, forget its FDB entries, remove its
     /// socket (server mode).
     PortDel {
@@ -53,7 +60,12 @@ pub enum Response {
     /// Answer to [`Request::PortAdd`].
     PortAdded {
         /// The new port.
-        port: PortInfo,
+        port: Box<PortInfo>,
+    },
+    /// Answer to [`Request::PortSet`].
+    PortUpdated {
+        /// Name of the port.
+        name: String,
     },
     /// Answer to [`Request::PortDel`].
     PortDeleted {
@@ -94,6 +106,9 @@ pub struct PortInfo {
     pub connected: bool,
     /// virtio feature bits the frontend acknowledged (0 for an uplink).
     pub acked_features: u64,
+    /// The port's policy (empty: the defaults).
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// One forwarding database entry as listed by [`Request::Fdb`].

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{PolicyConfig, VlanMode};
 use crate::wire::VLAN_MAX;
 
 /// Default L3 MTU of every port.
@@ -56,6 +57,29 @@ pub enum ConfigError {
     /// FDB settings out of range.
     #[error("fdb_capacity must be 64..=1048576 and fdb_aging_secs 1..=86400")]
     Fdb,
+    /// A port's policy is invalid.
+    #[error("port {port}: policy: {source}")]
+    Policy {
+        /// Port name.
+        port: String,
+        /// What is wrong.
+        #[source]
+        source: crate::policy::PolicyError,
+    },
+    /// A rate limit whose burst cannot pass one frame of the MTU.
+    #[error(
+        "port {port}: {table} burst of {burst} bytes is below the largest frame ({frame} bytes)"
+    )]
+    BurstBelowFrame {
+        /// Port name.
+        port: String,
+        /// `ingress` or `egress`.
+        table: &'static str,
+        /// The burst.
+        burst: u64,
+        /// The largest frame.
+        frame: usize,
+    },
     /// A queue pair count outside 1..=MAX_QUEUE_PAIRS.
     #[error("port {port}: queues {queues} out of range 1..={max}")]
     Queues {
@@ -150,6 +174,10 @@ pub struct PortConfig {
     /// off, every frame crosses the switch finished and at most MTU-sized.
     #[serde(default = "default_true")]
     pub offloads: bool,
+    /// Anti-spoofing, VLAN access/trunk, rate limits, FDB limit, receive filter
+    /// (`[port.policy]`); `vlan` is the access VLAN unless the policy sets a mode.
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 fn default_true() -> bool {
@@ -165,6 +193,9 @@ pub struct UplinkConfig {
     /// VLAN carried untagged on the wire; other VLANs are tagged.
     #[serde(default = "default_vlan")]
     pub native_vlan: u16,
+    /// Policy (`[uplink.policy]`); without a VLAN mode the uplink carries every VLAN.
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 fn default_vlan() -> u16 {
@@ -203,6 +234,7 @@ impl PortConfig {
             vlan: DEFAULT_VLAN,
             queues: DEFAULT_QUEUES,
             offloads: true,
+            policy: PolicyConfig::default(),
         }
     }
 
@@ -232,7 +264,9 @@ impl PortConfig {
                 max,
             });
         }
-        Ok(())
+        self.policy
+            .validate()
+            .map_err(|source| ConfigError::Policy { port: name, source })
     }
 
     /// The configured name, or the socket's file stem.
@@ -244,6 +278,44 @@ impl PortConfig {
                 .unwrap_or_default()
         })
     }
+
+    /// The port's default VLAN mode: access in `vlan`.
+    pub fn default_vlan_mode(&self) -> VlanMode {
+        VlanMode::Access(self.vlan)
+    }
+}
+
+impl UplinkConfig {
+    /// An uplink on `ifname` carrying every VLAN, `native_vlan` untagged.
+    pub fn new(ifname: impl Into<String>, native_vlan: u16) -> Self {
+        UplinkConfig {
+            ifname: ifname.into(),
+            native_vlan,
+            policy: PolicyConfig::default(),
+        }
+    }
+
+    /// The uplink's default VLAN mode: every VLAN, the native one untagged.
+    pub fn default_vlan_mode(&self) -> VlanMode {
+        VlanMode::trunk_all(self.native_vlan)
+    }
+}
+
+/// Checks that a policy's rate-limit bursts let a frame of `max_frame` through.
+fn check_bursts(port: &str, p: &PolicyConfig, max_frame: usize) -> Result<(), ConfigError> {
+    for (table, limit) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+        if let Some(burst) = limit.as_ref().and_then(|l| l.effective_burst_bytes()) {
+            if burst < max_frame as u64 {
+                return Err(ConfigError::BurstBelowFrame {
+                    port: port.to_string(),
+                    table,
+                    burst,
+                    frame: max_frame,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 impl SwitchConfig {
@@ -275,6 +347,14 @@ impl SwitchConfig {
         let mut sockets = std::collections::HashSet::new();
         for p in &self.ports {
             p.validate()?;
+            check_bursts(&p.port_name(), &p.policy, self.max_frame_len())?;
+        }
+        for u in &self.uplinks {
+            u.policy.validate().map_err(|source| ConfigError::Policy {
+                port: u.ifname.clone(),
+                source,
+            })?;
+            check_bursts(&u.ifname, &u.policy, self.max_frame_len())?;
         }
         let entries = self.ports.iter().map(|p| (p.port_name(), p.vlan)).chain(
             self.uplinks

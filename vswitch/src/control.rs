@@ -590,6 +590,7 @@ mod tests {
             vlan: 10,
             connected: true,
             acked_features: 1 << 32,
+            policy: Default::default(),
         }
     }
 
@@ -600,11 +601,12 @@ mod tests {
                     ports: vec![fake_port()],
                 },
                 Request::Fdb {} => Response::Fdb { entries: vec![] },
-                Request::Stats {} | Request::PortAdd { .. } | Request::PortDel { .. } => {
-                    Response::Error {
-                        message: "no stats here".into(),
-                    }
-                }
+                Request::Stats {}
+                | Request::PortAdd { .. }
+                | Request::PortSet { .. }
+                | Request::PortDel { .. } => Response::Error {
+                    message: "no stats here".into(),
+                },
             }
         }
     }

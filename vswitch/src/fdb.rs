@@ -371,7 +371,10 @@ mod tests {
         // Known addresses still refresh at the limit.
         assert_eq!(fdb.learn_within(1, mac(0), 7, 1, 3), Learned::Refreshed);
         // A move frees a slot on the old port and takes one on the new.
-        assert!(matches!(fdb.learn(1, mac(1), 8, 1), Learned::Moved { from: 7 }));
+        assert!(matches!(
+            fdb.learn(1, mac(1), 8, 1),
+            Learned::Moved { from: 7 }
+        ));
         assert_eq!((fdb.count(7), fdb.count(8)), (2, 1));
         assert_eq!(fdb.learn_within(1, mac(9), 7, 1, 3), Learned::New);
         // Ageing and flushing give the slots back.

@@ -26,14 +26,16 @@ use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::api::DropReason;
-use crate::fdb::{Fdb, PortId};
+use crate::fdb::{Fdb, Learned, PortId};
 use crate::features::MAX_GSO_FRAME;
 use crate::logging::warn_limited;
 use crate::offload::{
     caps, finalize_checksum, partial_csum_location, segment, validate, VnetHdr, FLAG_NEEDS_CSUM,
 };
+use crate::policy::PortPolicy;
 use crate::port::{Attached, Port, PortBackend, Waker};
 use crate::ring::{gather, RingError, SegWriter, Segments, Slice, SplitRing, MAX_CHAIN_SEGS};
+use crate::wire::MacAddr;
 use crate::wire::{vlan_tag_bytes, L2Header, ETH_HLEN, VLAN_TAG_LEN};
 
 /// Most frames taken from one ring per round.
@@ -106,6 +108,16 @@ impl Shared {
         self.secs_at(Instant::now())
     }
 
+    /// Nanoseconds since start, the rate limiters' clock.
+    pub fn now_ns(&self) -> u64 {
+        self.nanos_at(Instant::now())
+    }
+
+    /// The rate limiters' clock at `t`.
+    pub fn nanos_at(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// The FDB clock at `t`.
     pub fn secs_at(&self, t: Instant) -> u32 {
         u32::try_from(t.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
@@ -133,6 +145,8 @@ struct TxFrame {
     dest: Dest,
     /// The source's virtio-net header, when it asks for an offload.
     offload: Option<VnetHdr>,
+    /// Destination MAC (for receive filters).
+    dst: MacAddr,
 }
 
 /// The bytes of one frame: in a guest's memory or in a host buffer.
@@ -260,7 +274,18 @@ struct LookupCache {
     valid: bool,
     src: crate::wire::MacAddr,
     dst: crate::wire::MacAddr,
+    vlan: u16,
     dest: Dest,
+}
+
+/// What [`Forwarder::classify`] decided for a frame.
+#[derive(Debug, Clone, Copy)]
+struct Classified {
+    vlan: u16,
+    /// The frame's bytes carry an 802.1Q tag.
+    tagged: bool,
+    dest: Dest,
+    dst: MacAddr,
 }
 
 /// Per-destination delivery totals, added to counters once per batch.
@@ -290,6 +315,8 @@ pub struct Forwarder {
     scratch: std::cell::RefCell<Scratch>,
     /// A super-frame from an uplink, rewritten as a GSO frame.
     uplink_buf: std::cell::RefCell<Vec<u8>>,
+    /// Nanoseconds since [`Shared::epoch`] at the start of the round (rate limits).
+    clock_ns: std::cell::Cell<u64>,
 }
 
 /// Host buffers of the offload slow path: the frame as it leaves, and one segment.
@@ -379,6 +406,7 @@ impl Forwarder {
             watched: Vec::new(),
             scratch: std::cell::RefCell::new(Scratch::default()),
             uplink_buf: std::cell::RefCell::new(vec![0; MAX_GSO_FRAME + VLAN_TAG_LEN]),
+            clock_ns: std::cell::Cell::new(0),
         };
         let table = f.shared.ports.load_full();
         f.refresh(&table);
@@ -431,6 +459,7 @@ impl Forwarder {
             // One clock read per round serves the FDB and the spin timer.
             let t = Instant::now();
             let now = self.shared.secs_at(t);
+            self.clock_ns.set(self.shared.nanos_at(t));
             let mut work = 0;
             for i in 0..self.vm_ports.len() {
                 work += self.poll_vm_port(&table, i, now);
@@ -599,8 +628,10 @@ impl Forwarder {
             tagged: false,
             dest: Dest::Dropped,
             offload: None,
+            dst: MacAddr([0; 6]),
         }; BATCH];
         let acked = att.acked();
+        let policy = src.policy.load();
         let mut nframes = 0;
         let mut rx_bytes = 0u64;
         let mut rx_packets = 0u64;
@@ -660,14 +691,21 @@ impl Forwarder {
                 }
             };
             let (head_bytes, got) = segs.head::<{ ETH_HLEN + VLAN_TAG_LEN }>(start);
-            let dest = self.classify(src, &head_bytes[..got.min(len)], now, &mut cache);
+            let c = self.classify(
+                src,
+                &policy,
+                &head_bytes[..got.min(len)],
+                len,
+                now,
+                &mut cache,
+            );
             rx_packets += 1;
             rx_bytes += len as u64;
-            let (vlan, tagged, dest) = match dest {
-                Ok((vlan, dest)) => (vlan, false, dest),
+            let (vlan, tagged, dest, dst) = match c {
+                Ok(c) => (c.vlan, c.tagged, c.dest, c.dst),
                 Err(reason) => {
                     src.counters.drop(reason, 1);
-                    (0, false, Dest::Dropped)
+                    (0, false, Dest::Dropped, MacAddr([0; 6]))
                 }
             };
             frames[nframes] = TxFrame {
@@ -678,6 +716,7 @@ impl Forwarder {
                 tagged,
                 dest,
                 offload,
+                dst,
             };
             nframes += 1;
         }
@@ -713,36 +752,50 @@ impl Forwarder {
         ncompleted
     }
 
-    /// Learns the source and picks the destination of a frame from an access port.
+    /// Applies the source port's policy to a frame (VLAN, allowed source, ingress
+    /// rate), learns the source and picks the destination.
     fn classify(
         &self,
         src: &Port,
+        p: &PortPolicy,
         head: &[u8],
+        len: usize,
         now: u32,
         cache: &mut LookupCache,
-    ) -> Result<(u16, Dest), DropReason> {
+    ) -> Result<Classified, DropReason> {
         let h = L2Header::parse(head).ok_or(DropReason::RuntFrame)?;
-        if h.vlan_tag.is_some() {
-            // An access port carries untagged frames only.
-            return Err(DropReason::VlanMismatch);
-        }
+        let vlan = p.ingress_vlan(h.vlan_tag)?;
+        let tagged = h.vlan_tag.is_some();
         // A batch is usually one flow: reuse the previous frame's answer.
-        if cache.valid && cache.src == h.src && cache.dst == h.dst {
-            return Ok((src.vlan, cache.dest));
+        let hit = cache.valid && cache.src == h.src && cache.dst == h.dst && cache.vlan == vlan;
+        if !hit {
+            p.check_source(h.src)?;
         }
-        let dest = self.learn_and_lookup(src, src.vlan, &h, now)?;
-        *cache = LookupCache {
-            valid: true,
-            src: h.src,
+        if !p.admit_ingress(len, self.clock_ns.get()) {
+            return Err(DropReason::IngressRateLimit);
+        }
+        if !hit {
+            let dest = self.learn_and_lookup(src, p, vlan, &h, now)?;
+            *cache = LookupCache {
+                valid: true,
+                src: h.src,
+                dst: h.dst,
+                vlan,
+                dest,
+            };
+        }
+        Ok(Classified {
+            vlan,
+            tagged,
+            dest: cache.dest,
             dst: h.dst,
-            dest,
-        };
-        Ok((src.vlan, dest))
+        })
     }
 
     fn learn_and_lookup(
         &self,
         src: &Port,
+        p: &PortPolicy,
         vlan: u16,
         h: &L2Header,
         now: u32,
@@ -750,7 +803,15 @@ impl Forwarder {
         if h.src.is_multicast() || h.src.is_zero() {
             return Err(DropReason::InvalidSource);
         }
-        self.shared.fdb.learn(vlan, h.src, src.id, now);
+        let limit = p.fdb_limit().unwrap_or(u32::MAX);
+        if self
+            .shared
+            .fdb
+            .learn_within(vlan, h.src, src.id, now, limit)
+            == Learned::LimitReached
+        {
+            return Err(DropReason::FdbLimit);
+        }
         if h.dst.is_multicast() {
             return Ok(Dest::Flood);
         }
@@ -763,12 +824,9 @@ impl Forwarder {
 
     /// Whether `port` carries `vlan`, and how frames leave it.
     fn egress(port: &Port, vlan: u16) -> Option<Egress> {
-        match port.backend {
-            PortBackend::Vhost(_) => (port.vlan == vlan).then_some(Egress { insert_tag: None }),
-            PortBackend::Uplink(_) => Some(Egress {
-                insert_tag: (vlan != port.vlan).then_some(vlan),
-            }),
-        }
+        port.policy.load().egress(vlan).map(|t| Egress {
+            insert_tag: t.insert_tag(),
+        })
     }
 
     /// Delivers the batch's frames grouped by destination port. `hint` picks the
@@ -817,13 +875,27 @@ impl Forwarder {
         segs: &Segments<'_>,
     ) {
         let target = port.id;
-        let wanted = |f: &&TxFrame| match f.dest {
-            Dest::Port(p) => p == target,
-            Dest::Flood => src != target && Self::egress(port, f.vlan).is_some(),
-            Dest::Dropped => false,
+        let tp = port.policy.load();
+        let mut not_carried = 0;
+        let wanted = |f: &&TxFrame| {
+            let carried = || tp.egress(f.vlan).is_some();
+            match f.dest {
+                Dest::Port(p) if p == target => {
+                    // Learned in a VLAN the port no longer carries (policy changed).
+                    let ok = carried();
+                    not_carried += u64::from(!ok);
+                    ok && tp.rx_filter_accepts(f.dst)
+                }
+                Dest::Flood => src != target && carried() && tp.rx_filter_accepts(f.dst),
+                Dest::Port(_) | Dest::Dropped => false,
+            }
         };
         let out = frames.iter().filter(wanted).map(|f| {
-            let e = Self::egress(port, f.vlan).unwrap_or(Egress { insert_tag: None });
+            let e = tp
+                .egress(f.vlan)
+                .map_or(Egress { insert_tag: None }, |t| Egress {
+                    insert_tag: t.insert_tag(),
+                });
             let bytes = FrameBytes::Guest(segs.range(f.seg_start, f.seg_end));
             (
                 OutFrame {
@@ -836,6 +908,7 @@ impl Forwarder {
             )
         });
         self.deliver(port, hint, out);
+        port.counters.drop(DropReason::VlanNotAllowed, not_carried);
     }
 
     /// Delivers frames to one port (VM or uplink), counting what arrived and what not.
@@ -845,6 +918,14 @@ impl Forwarder {
         hint: usize,
         frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
     ) {
+        let tp = port.policy.load();
+        let now_ns = self.clock_ns.get();
+        let mut limited = 0u64;
+        let frames = frames.filter(|(f, e)| {
+            let ok = tp.admit_egress(f.out_len(*e), now_ns);
+            limited += u64::from(!ok);
+            ok
+        });
         let d = match &port.backend {
             PortBackend::Vhost(v) => match v.attached.load_full() {
                 Some(att) => {
@@ -903,6 +984,9 @@ impl Forwarder {
                 d
             }
         };
+        if limited > 0 {
+            port.counters.drop(DropReason::EgressRateLimit, limited);
+        }
         port.counters
             .tx_packets
             .fetch_add(d.packets, Ordering::Relaxed);
@@ -921,6 +1005,8 @@ impl Forwarder {
         };
         let mut rx = Delivered::default();
         let wire_mtu = sock.mtu();
+        let policy = port.policy.load();
+        let now_ns = self.clock_ns.get();
         let mut big = self.uplink_buf.borrow_mut();
         let n = sock.rx_burst(BATCH, |f| {
             rx.packets += 1;
@@ -946,12 +1032,29 @@ impl Forwarder {
                 }
             }
             // The kernel usually strips the tag into metadata; else it is in the bytes.
-            let (vlan, tagged) = match (f.vlan, h.vlan_tag) {
-                (Some(v), _) => (v, false),
-                (None, Some(v)) if f.data.len() >= ETH_HLEN + VLAN_TAG_LEN => (v, true),
-                _ => (port.vlan, false),
+            let (tag, tagged) = match (f.vlan, h.vlan_tag) {
+                (Some(v), _) => (Some(v), false),
+                (None, Some(v)) if f.data.len() >= ETH_HLEN + VLAN_TAG_LEN => (Some(v), true),
+                _ => (None, false),
             };
-            let dest = match self.learn_and_lookup(&port, vlan, &h, now) {
+            let admitted = policy
+                .ingress_vlan(tag)
+                .and_then(|v| policy.check_source(h.src).map(|()| v))
+                .and_then(|v| {
+                    if policy.admit_ingress(f.data.len(), now_ns) {
+                        Ok(v)
+                    } else {
+                        Err(DropReason::IngressRateLimit)
+                    }
+                });
+            let vlan = match admitted {
+                Ok(v) => v,
+                Err(reason) => {
+                    port.counters.drop(reason, 1);
+                    return;
+                }
+            };
+            let dest = match self.learn_and_lookup(&port, &policy, vlan, &h, now) {
                 Ok(d) => d,
                 Err(reason) => {
                     port.counters.drop(reason, 1);

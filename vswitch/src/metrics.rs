@@ -766,6 +766,7 @@ mod tests {
             vlan: 1,
             connected,
             acked_features: 0,
+            policy: Default::default(),
         }
     }
 

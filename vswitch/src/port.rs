@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringT};
@@ -37,6 +37,7 @@ use crate::config::PortMode;
 use crate::fdb::{Fdb, PortId};
 use crate::features::MAX_QUEUE_PAIRS;
 use crate::logging::warn_limited;
+use crate::policy::PortPolicy;
 use crate::ring::{GuestBitmap, GuestMemAtomic, Vring};
 use crate::uplink::Uplink;
 
@@ -273,6 +274,9 @@ pub struct Port {
     pub wakers: Arc<[Arc<Waker>]>,
     /// Kind-specific state.
     pub backend: PortBackend,
+    /// Anti-spoofing, VLAN membership, rate limits, FDB limit, receive filter;
+    /// replaced as a whole at run time.
+    pub policy: ArcSwap<PortPolicy>,
 }
 
 impl Port {
@@ -284,6 +288,7 @@ impl Port {
         owner: usize,
         wakers: Arc<[Arc<Waker>]>,
         backend: PortBackend,
+        policy: PortPolicy,
     ) -> Self {
         Port {
             id,
@@ -293,6 +298,7 @@ impl Port {
             owner,
             wakers,
             backend,
+            policy: ArcSwap::from_pointee(policy),
         }
     }
 
@@ -329,6 +335,7 @@ impl Port {
                     vlan: self.vlan,
                     connected: att.is_some(),
                     acked_features: att.as_ref().map_or(0, |a| a.acked()),
+                    policy: self.policy.load().config().clone(),
                 }
             }
             PortBackend::Uplink(u) => PortInfo {
@@ -339,6 +346,7 @@ impl Port {
                 vlan: self.vlan,
                 connected: true,
                 acked_features: 0,
+                policy: self.policy.load().config().clone(),
             },
         }
     }
@@ -444,6 +452,8 @@ struct NetBackend {
     features: Arc<AtomicU64>,
     captured: Arc<AtomicBool>,
     exit: Arc<(EventConsumer, EventNotifier)>,
+    /// Dirty-page logging of this connection (on while LOG_ALL is acked).
+    log: Arc<crate::dirty::LogControl>,
 }
 
 impl NetBackend {
@@ -480,6 +490,8 @@ impl VhostUserBackend for NetBackend {
 
     fn acked_features(&self, features: u64) {
         self.features.store(features, Ordering::Relaxed);
+        // vhost-user-backend ignores LOG_ALL being cleared: follow bit 26 ourselves.
+        self.log.acked_features(&self.mem, features);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -506,7 +518,10 @@ impl VhostUserBackend for NetBackend {
         // The queue keeps the flag; SplitRing reads it per batch.
     }
 
-    fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
+    fn update_memory(&self, mem: GuestMemAtomic) -> io::Result<()> {
+        // New regions come with fresh bitmaps: carry the log over (QEMU re-sends the
+        // memory table during a migration without a new SET_LOG_BASE).
+        self.log.memory_updated(&mem);
         // Same GuestMemoryAtomic as self.mem: forwarding threads load it per batch.
         Ok(())
     }
@@ -794,6 +809,7 @@ impl Connection {
             features: Arc::new(AtomicU64::new(0)),
             captured: Arc::new(AtomicBool::new(false)),
             exit: exit.clone(),
+            log: Arc::new(crate::dirty::LogControl::new()),
         };
         let mut daemon = VhostUserDaemon::new(
             format!("vhu-{}", port.name),

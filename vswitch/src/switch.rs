@@ -13,6 +13,7 @@ use crate::config::{ConfigError, PortConfig, PortMode, SwitchConfig};
 use crate::control::{ControlError, ControlHandler, ControlServer};
 use crate::fdb::{Fdb, PortId};
 use crate::forward::{Forwarder, PortTable, Shared};
+use crate::policy::{PolicyConfig, PortPolicy, VlanMode};
 use crate::port::{
     bind_server_socket, serve_vhost_port, Port, PortBackend, PortError, UplinkPort, VhostPort,
     Waker,
@@ -118,7 +119,12 @@ impl State {
             PortMode::Server => Some(bind_server_socket(&pc.socket)?),
             PortMode::Client => None,
         };
-        let port = self.new_vhost_port(id, pc);
+        let policy = PortPolicy::new(&pc.policy, &pc.default_vlan_mode(), self.shared.now_ns())
+            .map_err(|source| ConfigError::Policy {
+                port: name.clone(),
+                source,
+            })?;
+        let port = self.new_vhost_port(id, pc, policy);
         let t = {
             let (port, fdb) = (port.clone(), self.shared.fdb.clone());
             std::thread::Builder::new()
@@ -149,7 +155,7 @@ impl State {
         Ok(port)
     }
 
-    fn new_vhost_port(&self, id: PortId, pc: &PortConfig) -> Arc<Port> {
+    fn new_vhost_port(&self, id: PortId, pc: &PortConfig, policy: PortPolicy) -> Arc<Port> {
         let nthreads = self.shared.wakers.len().max(1);
         Arc::new(Port::new(
             id,
@@ -165,6 +171,7 @@ impl State {
                     vp.without_offloads()
                 }
             }),
+            policy,
         ))
     }
 
@@ -200,6 +207,42 @@ impl State {
         Ok(())
     }
 
+    /// Replaces a port's policy. Learned addresses of the port are forgotten, so
+    /// a changed VLAN membership or FDB limit applies at once.
+    fn set_policy(&self, name: &str, config: &PolicyConfig) -> Result<(), PortChangeError> {
+        let table = self.shared.ports.load_full();
+        let Some(port) = table.by_name(name).cloned() else {
+            return Err(PortChangeError::NotFound(name.to_string()));
+        };
+        let mode = match &port.backend {
+            PortBackend::Vhost(_) => VlanMode::Access(port.vlan),
+            PortBackend::Uplink(_) => VlanMode::trunk_all(port.vlan),
+        };
+        let policy = PortPolicy::new(config, &mode, self.shared.now_ns()).map_err(|source| {
+            ConfigError::Policy {
+                port: name.to_string(),
+                source,
+            }
+        })?;
+        for (table, limit) in [("ingress", &config.ingress), ("egress", &config.egress)] {
+            if let Some(burst) = limit.as_ref().and_then(|l| l.effective_burst_bytes()) {
+                if burst < self.shared.max_frame as u64 {
+                    return Err(ConfigError::BurstBelowFrame {
+                        port: name.to_string(),
+                        table,
+                        burst,
+                        frame: self.shared.max_frame,
+                    }
+                    .into());
+                }
+            }
+        }
+        port.policy.store(Arc::new(policy));
+        self.shared.fdb.flush_port(port.id);
+        log::info!("port {name}: policy replaced");
+        Ok(())
+    }
+
     fn wake_all(&self) {
         for w in self.shared.wakers.iter() {
             w.wake();
@@ -232,7 +275,15 @@ impl ControlHandler for State {
                 ports: table.iter().map(|p| p.counters.snapshot(&p.name)).collect(),
             },
             Request::PortAdd { port } => match self.add_port(port) {
-                Ok(p) => Response::PortAdded { port: p.info() },
+                Ok(p) => Response::PortAdded {
+                    port: Box::new(p.info()),
+                },
+                Err(e) => Response::Error {
+                    message: error_chain(&e),
+                },
+            },
+            Request::PortSet { name, policy } => match self.set_policy(name, policy) {
+                Ok(()) => Response::PortUpdated { name: name.clone() },
                 Err(e) => Response::Error {
                     message: error_chain(&e),
                 },
@@ -291,6 +342,13 @@ impl Switch {
         // same path as run-time additions.
         let mut ports = Vec::new();
         for uc in &config.uplinks {
+            let policy =
+                PortPolicy::new(&uc.policy, &uc.default_vlan_mode(), 0).map_err(|source| {
+                    ConfigError::Policy {
+                        port: uc.ifname.clone(),
+                        source,
+                    }
+                })?;
             let uplink = Uplink::open(uc, max_frame)?;
             ports.push(Arc::new(Port::new(
                 port_id(ports.len()),
@@ -302,6 +360,7 @@ impl Switch {
                     sock: Mutex::new(uplink),
                     ifname: uc.ifname.clone(),
                 })),
+                policy,
             )));
         }
 
@@ -452,6 +511,11 @@ impl Switch {
     /// Adds a VM port while the switch runs.
     pub fn add_port(&self, port: &PortConfig) -> Result<PortInfo, PortChangeError> {
         self.state.add_port(port).map(|p| p.info())
+    }
+
+    /// Replaces the policy of the port called `name` while the switch runs.
+    pub fn set_policy(&self, name: &str, policy: &PolicyConfig) -> Result<(), PortChangeError> {
+        self.state.set_policy(name, policy)
     }
 
     /// Removes the VM port called `name` while the switch runs.

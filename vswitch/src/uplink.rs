@@ -212,10 +212,7 @@ mod tests {
 
     #[test]
     fn test_uplink_error_missing_interface_names_it_once() {
-        let cfg = UplinkConfig {
-            ifname: "accelnet-nope7".to_string(),
-            native_vlan: 1,
-        };
+        let cfg = UplinkConfig::new("accelnet-nope7".to_string(), 1);
         let e = Uplink::open(&cfg, 1518).expect_err("no such interface");
         assert!(matches!(e, UplinkError::NotFound { .. }), "{e:?}");
         assert_eq!(e.ifname(), "accelnet-nope7");
@@ -226,10 +223,7 @@ mod tests {
 
     #[test]
     fn test_uplink_error_bad_max_frame_is_open_error() {
-        let cfg = UplinkConfig {
-            ifname: "lo".to_string(),
-            native_vlan: 1,
-        };
+        let cfg = UplinkConfig::new("lo".to_string(), 1);
         let e = Uplink::open(&cfg, 1).expect_err("max_frame 1");
         assert!(matches!(e, UplinkError::Open { .. }), "{e:?}");
         assert_eq!(e.to_string(), "cannot open uplink lo");

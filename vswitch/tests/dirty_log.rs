@@ -331,7 +331,6 @@ fn dirty_log_marks_rx_buffers_and_used_rings_not_tx_data() {
 }
 
 #[test]
-#[ignore = "needs port.rs to call vswitch::dirty::LogControl from acked_features/update_memory"]
 fn dirty_log_stops_when_log_all_is_cleared_and_resumes() {
     let (_sw, mut a, mut b) = two_logging_ports();
     forward(&mut a, &mut b, 0xa, 0xb, 2, 300);
@@ -403,7 +402,6 @@ fn dirty_log_too_small_closes_connection_and_switch_keeps_forwarding() {
 }
 
 #[test]
-#[ignore = "needs port.rs to call vswitch::dirty::LogControl from acked_features/update_memory"]
 fn dirty_log_survives_a_memory_table_change() {
     let (_sw, mut a, mut b) = two_logging_ports();
     // QEMU resends SET_MEM_TABLE on memory map changes during migration, and

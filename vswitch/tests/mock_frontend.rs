@@ -26,6 +26,7 @@ use vmm_sys_util::event::{
 };
 
 use vswitch::config::SwitchSettings;
+use vswitch::policy::{PolicyConfig, RateLimit, VlanMode};
 use vswitch::test_utils::{
     wait_peer_closed, MockError, MockFrontend, MockOptions, RawDesc, TX_QUEUE,
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_LEN,
@@ -628,6 +629,29 @@ struct TestSwitch {
 }
 
 impl TestSwitch {
+    /// Starts a switch (MTU 1500) with one port per `(name, policy)`, all in VLAN 1;
+    /// port `x` listens on `<dir>/x.sock`.
+    fn start_with_policies(ports: &[(&str, PolicyConfig)]) -> TestSwitch {
+        let dir = fresh_dir("swp");
+        let config = SwitchConfig {
+            ports: ports
+                .iter()
+                .map(|(name, policy)| PortConfig {
+                    policy: policy.clone(),
+                    ..PortConfig::new(dir.join(format!("{name}.sock")))
+                })
+                .collect(),
+            ..SwitchConfig::default()
+        };
+        match Switch::start(config) {
+            Ok(sw) => TestSwitch { sw: Some(sw), dir },
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("switch start failed: {e:?}");
+            }
+        }
+    }
+
     /// Starts a switch (MTU 1500) with one vhost-user port per `(name, vlan)`; port `x`
     /// listens on `<dir>/x.sock`.
     fn start(ports: &[(&str, u16)]) -> TestSwitch {
@@ -1395,4 +1419,288 @@ fn switch_follows_the_connection_whose_rings_started_last() {
     assert!(ts.is_connected("a"));
     assert_forwards(&mut b, &mut dst, 2, 1, 8);
     assert_forwards(&mut dst, &mut b, 1, 2, 9);
+}
+
+// ---------------------------------------------------------------------------------------
+// Port policy
+// ---------------------------------------------------------------------------------------
+
+fn allow_only(m: u8) -> PolicyConfig {
+    PolicyConfig {
+        allowed_macs: vec![vswitch::MacAddr(mac(m))],
+        ..PolicyConfig::default()
+    }
+}
+
+/// A frame tagged with `vid` (802.1Q), test EtherType inside.
+fn tagged_frame(dst: [u8; 6], src: [u8; 6], vid: u16, seed: u32) -> Vec<u8> {
+    let inner = frame(dst, src, 64, seed);
+    let mut f = inner[..12].to_vec();
+    f.extend_from_slice(&0x8100u16.to_be_bytes());
+    f.extend_from_slice(&vid.to_be_bytes());
+    f.extend_from_slice(&inner[12..]);
+    f
+}
+
+/// Frames received until quiet, tagged ones included.
+fn recv_any(m: &mut MockFrontend) -> Vec<Vec<u8>> {
+    m.recv_all(QUIET)
+        .into_iter()
+        .filter(|f| {
+            is_test_frame(f)
+                || (f.len() > 18
+                    && f[12..14] == [0x81, 0x00]
+                    && f[16..18] == TEST_ETHERTYPE.to_be_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn switch_stops_a_spoofing_guest_and_spares_its_neighbours() {
+    let ts = TestSwitch::start_with_policies(&[
+        ("a", allow_only(1)),
+        ("b", PolicyConfig::default()),
+        ("c", PolicyConfig::default()),
+    ]);
+    let mut a = ts.connect("a");
+    let mut b = ts.connect("b");
+    let mut c = ts.connect("c");
+    assert_forwards(&mut a, &mut c, 1, 3, 1);
+    let _ = recv_quiet(&mut b); // the first frame was flooded to b too
+                                // a pretends to be mac(9), or c (mac(3)) to steal its traffic: nothing gets out.
+    let spoofed: Vec<Vec<u8>> = (0..20)
+        .map(|i| {
+            let src = if i % 2 == 0 { mac(9) } else { mac(3) };
+            frame(BROADCAST, src, 60, 100 + i)
+        })
+        .collect();
+    a.send_burst(&spoofed).expect("send spoofed frames");
+    assert!(a.wait_tx_all_completed(WAIT));
+    assert_eq!(ts.wait_drops("a", "spoofed_source", 20), 20);
+    assert!(recv_quiet(&mut b).is_empty(), "b got a spoofed frame");
+    assert!(recv_quiet(&mut c).is_empty(), "c got a spoofed frame");
+    let fdb = match ts.sw.as_ref().expect("switch").handle(&Request::Fdb {}) {
+        Response::Fdb { entries } => entries,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        fdb.iter().all(|e| e.mac != vswitch::MacAddr(mac(9))),
+        "the spoofed address was learned: {fdb:?}"
+    );
+    assert!(
+        fdb.iter()
+            .all(|e| e.mac != vswitch::MacAddr(mac(3)) || e.port == "c"),
+        "c's address moved to the spoofer: {fdb:?}"
+    );
+    // The neighbours are not affected.
+    assert_forwards(&mut b, &mut c, 2, 3, 2);
+    assert_forwards(&mut c, &mut b, 3, 2, 3);
+    assert_forwards(&mut a, &mut b, 1, 2, 4);
+    for p in ["b", "c"] {
+        assert_eq!(
+            total_drops(&ts.stats(p)),
+            0,
+            "{p}: {:?}",
+            nonzero_drops(&ts.stats(p))
+        );
+    }
+}
+
+#[test]
+fn switch_rate_limits_ingress_and_egress_with_token_buckets() {
+    let limited = |burst: u64| {
+        Some(RateLimit {
+            pps: Some(10),
+            burst_packets: Some(burst),
+            ..RateLimit::default()
+        })
+    };
+    let ts = TestSwitch::start_with_policies(&[
+        (
+            "a",
+            PolicyConfig {
+                ingress: limited(5),
+                ..PolicyConfig::default()
+            },
+        ),
+        ("b", PolicyConfig::default()),
+        (
+            "c",
+            PolicyConfig {
+                egress: limited(3),
+                ..PolicyConfig::default()
+            },
+        ),
+    ]);
+    let mut a = ts.connect("a");
+    let mut b = ts.connect("b");
+    let mut c = ts.connect("c");
+    // Teach the FDB where b and c live without spending a's or c's tokens.
+    b.send(&frame(BROADCAST, mac(2), 60, 0)).expect("send");
+    let _ = recv_quiet(&mut a);
+    let _ = recv_quiet(&mut c);
+
+    // 30 frames at once from a (ingress 10/s, burst 5): about 5 pass.
+    let burst: Vec<Vec<u8>> = (0..30).map(|i| frame(mac(2), mac(1), 60, 10 + i)).collect();
+    a.send_burst(&burst).expect("send");
+    assert!(a.wait_tx_all_completed(WAIT));
+    let got = recv_quiet(&mut b).len() as u64;
+    let limited_in = drop_count(&ts.stats("a"), "ingress_rate_limit");
+    assert!(
+        (5..=7).contains(&got),
+        "{got} of 30 passed a 5-frame ingress burst"
+    );
+    assert_eq!(got + limited_in, 30, "every frame passed or was counted");
+
+    // 30 frames from b to c (egress 10/s, burst 3): about 3 arrive, the rest counted on c.
+    let burst: Vec<Vec<u8>> = (0..30).map(|i| frame(mac(3), mac(2), 60, 50 + i)).collect();
+    b.send_burst(&burst).expect("send");
+    assert!(b.wait_tx_all_completed(WAIT));
+    let got = recv_quiet(&mut c).len() as u64;
+    let limited_out = drop_count(&ts.stats("c"), "egress_rate_limit");
+    assert!(
+        (3..=5).contains(&got),
+        "{got} of 30 passed a 3-frame egress burst"
+    );
+    assert_eq!(got + limited_out, 30, "every frame passed or was counted");
+    assert_eq!(drop_count(&ts.stats("b"), "ingress_rate_limit"), 0);
+}
+
+#[test]
+fn switch_trunk_port_carries_its_vlans_tagged() {
+    let dir = fresh_dir("trunk");
+    let port = |name: &str, vlan: u16, policy: PolicyConfig| PortConfig {
+        vlan,
+        policy,
+        ..PortConfig::new(dir.join(format!("{name}.sock")))
+    };
+    let trunk = PolicyConfig {
+        vlan_mode: Some(VlanMode::Trunk {
+            vlans: vec![10, 20],
+            native_vlan: None,
+        }),
+        ..PolicyConfig::default()
+    };
+    let sw = Switch::start(SwitchConfig {
+        ports: vec![
+            port("t", 1, trunk),
+            port("a", 10, PolicyConfig::default()),
+            port("b", 20, PolicyConfig::default()),
+            port("d", 30, PolicyConfig::default()),
+        ],
+        ..SwitchConfig::default()
+    })
+    .expect("switch");
+    let ts = TestSwitch { sw: Some(sw), dir };
+    let (mut t, mut a, mut b, mut d) = (
+        ts.connect("t"),
+        ts.connect("a"),
+        ts.connect("b"),
+        ts.connect("d"),
+    );
+    // Tagged 10 from the trunk reaches the VLAN 10 access port untagged, nobody else.
+    t.send(&tagged_frame(BROADCAST, mac(0x10), 10, 1))
+        .expect("send");
+    let got = recv_any(&mut a);
+    assert_eq!(
+        got,
+        vec![frame(BROADCAST, mac(0x10), 64, 1)],
+        "a gets the frame untagged"
+    );
+    assert!(recv_any(&mut b).is_empty() && recv_any(&mut d).is_empty());
+    // From the VLAN 20 access port, the trunk gets it tagged 20.
+    b.send(&frame(BROADCAST, mac(0x20), 64, 2)).expect("send");
+    let got = recv_any(&mut t);
+    assert_eq!(
+        got,
+        vec![tagged_frame(BROADCAST, mac(0x20), 20, 2)],
+        "tagged 20 on the trunk"
+    );
+    assert!(recv_any(&mut a).is_empty());
+    // VLAN 30 is not on the trunk; untagged frames neither (no native VLAN).
+    d.send(&frame(BROADCAST, mac(0x30), 64, 3)).expect("send");
+    assert!(recv_any(&mut t).is_empty(), "VLAN 30 leaked onto the trunk");
+    t.send(&tagged_frame(BROADCAST, mac(0x10), 30, 4))
+        .expect("send");
+    t.send(&frame(BROADCAST, mac(0x10), 64, 5)).expect("send");
+    assert_eq!(ts.wait_drops("t", "vlan_not_allowed", 2), 2);
+    assert!(recv_any(&mut a).is_empty() && recv_any(&mut d).is_empty());
+    // An access port does not take tagged frames.
+    a.send(&tagged_frame(BROADCAST, mac(0x11), 10, 6))
+        .expect("send");
+    assert_eq!(ts.wait_drops("a", "vlan_mismatch", 1), 1);
+}
+
+#[test]
+fn switch_limits_learned_addresses_per_port() {
+    let ts = TestSwitch::start_with_policies(&[
+        (
+            "a",
+            PolicyConfig {
+                max_fdb_entries: Some(2),
+                ..PolicyConfig::default()
+            },
+        ),
+        ("b", PolicyConfig::default()),
+    ]);
+    let mut a = ts.connect("a");
+    let mut b = ts.connect("b");
+    for src in [1, 2] {
+        assert_forwards(&mut a, &mut b, src, 9, u32::from(src));
+    }
+    a.send(&frame(mac(9), mac(3), 100, 3)).expect("send");
+    assert_eq!(ts.wait_drops("a", "fdb_limit", 1), 1);
+    assert!(recv_quiet(&mut b).is_empty(), "a third address got through");
+    // Known addresses keep working at the limit.
+    assert_forwards(&mut a, &mut b, 1, 9, 4);
+}
+
+#[test]
+fn switch_changes_policy_at_run_time_and_refuses_bad_values() {
+    let ts = TestSwitch::start(&[("a", 1), ("b", 1)]);
+    let sw = ts.sw.as_ref().expect("switch");
+    let mut a = ts.connect("a");
+    let mut b = ts.connect("b");
+    assert_forwards(&mut a, &mut b, 9, 2, 1);
+    sw.set_policy("a", &allow_only(1)).expect("set policy");
+    a.send(&frame(mac(2), mac(9), 60, 2)).expect("send");
+    assert_eq!(ts.wait_drops("a", "spoofed_source", 1), 1);
+    assert!(recv_quiet(&mut b).is_empty());
+    assert_forwards(&mut a, &mut b, 1, 2, 3);
+
+    // Bad values: clear errors, the policy in force stays.
+    let zero = PolicyConfig {
+        ingress: Some(RateLimit {
+            pps: Some(0),
+            ..RateLimit::default()
+        }),
+        ..PolicyConfig::default()
+    };
+    let e = sw.set_policy("a", &zero).expect_err("a rate of zero");
+    assert!(format!("{e}").contains("pps"), "{e}");
+    let bad_vlan = PolicyConfig {
+        vlan_mode: Some(VlanMode::Trunk {
+            vlans: vec![10, 5000],
+            native_vlan: None,
+        }),
+        ..PolicyConfig::default()
+    };
+    let e = sw.set_policy("a", &bad_vlan).expect_err("VLAN 5000");
+    assert!(format!("{e}").contains("5000"), "{e}");
+    assert!(sw.set_policy("nope", &PolicyConfig::default()).is_err());
+    // The same through the JSON API, with an unknown field.
+    let req: Result<Request, _> = serde_json::from_str(
+        r#"{"request":"port_set","name":"a","policy":{"allowed_macs":[],"rate":5}}"#,
+    );
+    assert!(req.is_err(), "unknown policy field accepted");
+    a.send(&frame(mac(2), mac(9), 60, 4)).expect("send");
+    assert_eq!(
+        ts.wait_drops("a", "spoofed_source", 2),
+        2,
+        "old policy still in force"
+    );
+
+    // An empty policy lifts every restriction.
+    sw.set_policy("a", &PolicyConfig::default()).expect("clear");
+    assert_forwards(&mut a, &mut b, 9, 2, 5);
 }

@@ -118,10 +118,7 @@ impl Drop for Netns {
 }
 
 fn open_uplink(ifname: &str) -> Uplink {
-    let cfg = UplinkConfig {
-        ifname: ifname.to_string(),
-        native_vlan: 1,
-    };
+    let cfg = UplinkConfig::new(ifname.to_string(), 1);
     Uplink::open(&cfg, MAX_FRAME).unwrap_or_else(|e| panic!("{}", error_chain(&e)))
 }
 
@@ -659,10 +656,7 @@ fn test_uplink_open_never_queues_frames_of_other_interfaces() {
 fn test_uplink_open_errors_name_the_interface() {
     let ns = Netns::new();
     ns.run(|| {
-        let cfg = |name: &str| UplinkConfig {
-            ifname: name.to_string(),
-            native_vlan: 1,
-        };
+        let cfg = |name: &str| UplinkConfig::new(name.to_string(), 1);
         let e = Uplink::open(&cfg("nope0"), MAX_FRAME).expect_err("nope0 does not exist");
         assert!(matches!(e, UplinkError::NotFound { .. }), "{e:?}");
         assert_eq!(e.ifname(), "nope0");

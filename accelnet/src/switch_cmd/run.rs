@@ -100,12 +100,11 @@ fn build_config(args: &RunArgs) -> anyhow::Result<SwitchConfig> {
                 ..p
             }),
     );
-    config
-        .uplinks
-        .extend(args.uplink.iter().map(|ifname| UplinkConfig {
-            ifname: ifname.clone(),
-            native_vlan: DEFAULT_VLAN,
-        }));
+    config.uplinks.extend(
+        args.uplink
+            .iter()
+            .map(|ifname| UplinkConfig::new(ifname.clone(), DEFAULT_VLAN)),
+    );
     if !args.cpu.is_empty() {
         config.switch.cpus.clone_from(&args.cpu);
     }
@@ -190,13 +189,7 @@ mod tests {
                 PortConfig::new("/tmp/b.sock")
             ]
         );
-        assert_eq!(
-            c.uplinks,
-            vec![UplinkConfig {
-                ifname: "veth0".into(),
-                native_vlan: 1
-            }]
-        );
+        assert_eq!(c.uplinks, vec![UplinkConfig::new("veth0", 1)]);
         assert_eq!(c.switch.cpus, vec![1, 2]);
         assert_eq!(c.switch.control, Some(PathBuf::from("/tmp/ctl")));
         assert_eq!(c.switch.mtu, 9000);

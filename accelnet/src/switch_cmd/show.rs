@@ -86,6 +86,7 @@ fn response_kind(resp: &Response) -> &'static str {
         Response::Stats { .. } => "stats",
         Response::PortAdded { .. } => "port_added",
         Response::PortDeleted { .. } => "port_deleted",
+        Response::PortUpdated { .. } => "port_updated",
         Response::Error { .. } => "error",
     }
 }
@@ -264,6 +265,7 @@ mod tests {
                     vlan: 10,
                     connected: true,
                     acked_features: 0,
+                    policy: Default::default(),
                 },
                 PortInfo {
                     id: 1,
@@ -273,6 +275,7 @@ mod tests {
                     vlan: 1,
                     connected: false,
                     acked_features: 0,
+                    policy: Default::default(),
                 },
             ],
         };

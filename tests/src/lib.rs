@@ -23,6 +23,7 @@ mod guest;
 mod lab;
 mod ping;
 pub mod probe;
+pub mod qmp;
 mod switch_proc;
 mod wire;
 
@@ -32,8 +33,9 @@ pub use guest::{BgJob, Guest, GuestConfig};
 pub use lab::{log, Lab};
 pub use ping::PingStats;
 pub use probe::{Probe, ProbeReport};
+pub use qmp::Qmp;
 pub use switch_proc::{accelnet_binary, SwitchProcess};
-pub use wire::{Wire, WIRE_IP, WIRE_MAC};
+pub use wire::{Host, Wire, WIRE_IP, WIRE_MAC};
 
 use std::fmt;
 

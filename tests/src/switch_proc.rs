@@ -38,6 +38,7 @@ pub fn accelnet_binary() -> Result<PathBuf> {
 pub struct SwitchProcess {
     bin: PathBuf,
     args: Vec<String>,
+    netns: Option<String>,
     log_path: PathBuf,
     child: Option<Child>,
     starts: u32,
@@ -46,9 +47,16 @@ pub struct SwitchProcess {
 impl SwitchProcess {
     /// Starts the switch; its stderr goes to `<log_dir>/switch-<n>.log`.
     pub fn start(log_dir: &Path, args: &[String]) -> Result<SwitchProcess> {
+        Self::start_in(None, log_dir, args)
+    }
+
+    /// Starts the switch inside network namespace `netns` (if given); its stderr goes
+    /// to `<log_dir>/switch[-<netns>]-<n>.log`.
+    pub fn start_in(netns: Option<&str>, log_dir: &Path, args: &[String]) -> Result<SwitchProcess> {
         let mut p = SwitchProcess {
             bin: accelnet_binary()?,
             args: args.to_vec(),
+            netns: netns.map(str::to_string),
             log_path: log_dir.to_path_buf(),
             child: None,
             starts: 0,
@@ -59,9 +67,18 @@ impl SwitchProcess {
 
     fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
-        let path = self.log_path.join(format!("switch-{}.log", self.starts));
+        let path = self.current_log();
         let logf = File::create(&path).map_err(|e| LabError(format!("{}: {e}", path.display())))?;
-        let child = Command::new(&self.bin)
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the command: the child's pid is the switch's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .args(["switch", "run"])
             .args(&self.args)
             .env("RUST_LOG", "info")
@@ -114,7 +131,12 @@ impl SwitchProcess {
 
     /// Log file of the current (latest) process.
     pub fn current_log(&self) -> PathBuf {
-        self.log_path.join(format!("switch-{}.log", self.starts))
+        match &self.netns {
+            Some(ns) => self
+                .log_path
+                .join(format!("switch-{ns}-{}.log", self.starts)),
+            None => self.log_path.join(format!("switch-{}.log", self.starts)),
+        }
     }
 
     /// Waits until `path` exists (e.g. the control socket of a fresh start).

@@ -146,6 +146,56 @@ impl Wire {
             .ok_or_else(|| LabError(format!("wire: no ping summary in: {}", out.output.trim())))
     }
 
+    /// A "host": its own netns holding one end of a new veth (`uplink0`), the other
+    /// end on the wire's bridge. Run a switch in it with that uplink to stand for a
+    /// second hypervisor on the same wire. Removed on drop.
+    pub fn add_host(&self) -> Result<Host> {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let host = Host {
+            netns: format!("anw-{pid}-{n}h"),
+            uplink: "uplink0".to_string(),
+        };
+        let peer = format!("anw{pid}p{n}");
+        if peer.len() > 15 {
+            return Err(LabError(format!("interface name {peer} too long")));
+        }
+        let ns = host.netns.as_str();
+        ip(&["netns", "add", ns])?;
+        run_ok(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sh",
+                "-c",
+                "for k in all default; do echo 1 > /proc/sys/net/ipv6/conf/$k/disable_ipv6; done 2>/dev/null; true",
+            ],
+            IP_TIMEOUT,
+        )?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "add",
+            "uplink0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &self.netns,
+        ])?;
+        ip(&["-n", ns, "link", "set", "uplink0", "up"])?;
+        ip(&["-n", &self.netns, "link", "set", &peer, "master", "br0"])?;
+        ip(&["-n", &self.netns, "link", "set", &peer, "up"])?;
+        log(format!("wire: host netns {ns}, uplink0 <-> {peer} on br0"));
+        Ok(host)
+    }
+
     /// `bridge fdb` of br0 without the permanent/multicast entries (for debugging).
     pub fn fdb(&self) -> String {
         self.exec(&["bridge", "fdb", "show", "br", "br0", "dynamic"])
@@ -163,6 +213,32 @@ impl Drop for Wire {
             "wire: removed netns {} and {}",
             self.netns, self.uplink
         ));
+    }
+}
+
+/// A host netns attached to the wire ([`Wire::add_host`]); deleted on drop.
+#[derive(Debug)]
+pub struct Host {
+    netns: String,
+    uplink: String,
+}
+
+impl Host {
+    /// The host's netns.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// Its uplink interface (inside its netns).
+    pub fn uplink(&self) -> &str {
+        &self.uplink
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Deleting the netns deletes its veth end, and with it the bridge's.
+        let _ = ip(&["netns", "del", &self.netns]);
     }
 }
 

@@ -1704,3 +1704,26 @@ fn switch_changes_policy_at_run_time_and_refuses_bad_values() {
     sw.set_policy("a", &PolicyConfig::default()).expect("clear");
     assert_forwards(&mut a, &mut b, 9, 2, 5);
 }
+
+#[test]
+fn switch_refuses_features_it_did_not_offer_and_keeps_other_ports() {
+    let ts = TestSwitch::start(&[("a", 1), ("b", 1), ("c", 1)]);
+    let mut b = ts.connect("b");
+    let mut c = ts.connect("c");
+    let mut a = ts.connect("a");
+    let offered = a.offered_features();
+    // Bit 41 (VIRTIO_F_NOTIF_CONFIG_DATA) is never offered.
+    let unoffered = 1u64 << 41;
+    assert_eq!(offered & unoffered, 0);
+    let acked = a.acked_features();
+    let r = a.set_features(acked | unoffered);
+    // The daemon refuses the message and closes the connection.
+    let closed = r.is_err() || a.wait_closed(WAIT);
+    assert!(
+        closed,
+        "a frontend acking an unoffered feature stayed connected"
+    );
+    assert!(ts.wait_drops("a", "protocol_error", 1) >= 1);
+    assert_forwards(&mut b, &mut c, 2, 3, 1);
+    assert_forwards(&mut c, &mut b, 3, 2, 2);
+}

@@ -230,6 +230,19 @@ fn qemu_guest_migrates_on_one_switch_and_between_two_switches() {
             )
         });
     let b_after = port_stats(&ctl_b, "b");
+    // The destination found the guest through its own announce (GUEST_ANNOUNCE).
+    let acked = match vswitch::control::request(&ctl_b, &Request::Ports {}) {
+        Ok(Response::Ports { ports }) => ports
+            .iter()
+            .find(|p| p.name == "b")
+            .map(|p| p.acked_features),
+        other => panic!("ports of switch B: {other:?}"),
+    };
+    assert_ne!(
+        acked.unwrap_or(0) & vswitch::features::F_GUEST_ANNOUNCE,
+        0,
+        "GUEST_ANNOUNCE not negotiated on host B: {acked:?}"
+    );
     assert!(
         b_after.tx_packets > b_before.tx_packets && b_after.rx_packets > b_before.rx_packets,
         "host B's switch did not carry the guest's traffic: {b_before:?} -> {b_after:?}"

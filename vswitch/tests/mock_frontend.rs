@@ -1727,3 +1727,31 @@ fn switch_refuses_features_it_did_not_offer_and_keeps_other_ports() {
     assert_forwards(&mut b, &mut c, 2, 3, 1);
     assert_forwards(&mut c, &mut b, 3, 2, 2);
 }
+
+#[test]
+fn switch_applies_a_guests_receive_filter() {
+    use vswitch::policy::RxFilter;
+    let filter = PolicyConfig {
+        rx_filter: Some(RxFilter {
+            macs: vec![vswitch::MacAddr(mac(2))],
+            ..RxFilter::default()
+        }),
+        ..PolicyConfig::default()
+    };
+    let ts = TestSwitch::start_with_policies(&[("a", PolicyConfig::default()), ("b", filter)]);
+    let mut a = ts.connect("a");
+    let mut b = ts.connect("b");
+    // Unknown unicast floods, but b's filter only takes its own address and broadcast.
+    a.send(&frame(mac(7), mac(1), 60, 1)).expect("send");
+    assert!(
+        recv_quiet(&mut b).is_empty(),
+        "b's filter let a foreign unicast in"
+    );
+    a.send(&frame([0x01, 0, 0x5e, 0, 0, 1], mac(1), 60, 2))
+        .expect("send");
+    assert!(recv_quiet(&mut b).is_empty(), "b's filter let multicast in");
+    assert_forwards(&mut a, &mut b, 1, 2, 3);
+    let bc = frame(BROADCAST, mac(1), 60, 4);
+    a.send(&bc).expect("send");
+    assert_frames_eq(&recv_quiet(&mut b), &[bc], "broadcast passes the filter");
+}

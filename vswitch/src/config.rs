@@ -413,6 +413,50 @@ mod tests {
     }
 
     #[test]
+    fn test_readme_config_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block in README.md") + 8;
+        let len = readme[start..].find("```").expect("end of the toml block");
+        let c: SwitchConfig = toml::from_str(&readme[start..start + len]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[0].mode, PortMode::Server);
+        assert_eq!(c.ports[0].policy.max_fdb_entries, Some(4));
+        assert!(matches!(
+            c.ports[1].policy.vlan_mode,
+            Some(VlanMode::Trunk {
+                native_vlan: Some(10),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn test_config_client_port_and_policy_errors() {
+        let c: SwitchConfig =
+            toml::from_str("[[port]]\nsocket = \"/a\"\nmode = \"client\"\nqueues = 9\n").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Queues { queues: 9, .. })
+        ));
+        assert!(
+            toml::from_str::<SwitchConfig>("[[port]]\nsocket = \"/a\"\nmode = \"both\"\n").is_err()
+        );
+        let c: SwitchConfig =
+            toml::from_str("[[port]]\nsocket = \"/a\"\n[port.policy.ingress]\npps = 0\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("policy"), "{e}");
+        let c: SwitchConfig = toml::from_str(
+            "[switch]\nmtu = 9000\n[[port]]\nsocket = \"/a\"\n[port.policy.ingress]\nbytes_per_sec = 100000\nburst_bytes = 1518\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BurstBelowFrame { .. })
+        ));
+    }
+
+    #[test]
     fn test_config_unknown_key_rejected() {
         let e = toml::from_str::<SwitchConfig>("[[port]]\nsocket = \"/a\"\nvlna = 3\n");
         assert!(e.is_err());

@@ -7,7 +7,9 @@
 #   vm2 10.99.0.3 --vm2.sock--+
 #
 # vm1 pings vm2 and the wire; the wire pings vm2; then the switch's ports, FDB and counters are
-# shown through its control socket. Exits 0 only if every ping got its replies.
+# shown through its control socket and its Prometheus endpoint; then the switch is killed with
+# SIGKILL and started again, and the wire pings vm2 once more (QEMU reconnects, the guest keeps
+# running). Exits 0 only if every ping got its replies.
 #
 # usage (root, Debian 12): scripts/demo.sh
 # env:  DEMO_RUN=/tmp/accelnet-demo   sockets and logs (kept after the run for inspection)
@@ -78,17 +80,22 @@ ip link set "$VETH" up
 ip -n "$NS" link set up0 master br0
 ip -n "$NS" link set up0 up
 
-# 3. The switch.
-say "starting: accelnet switch run --vhost-user-server $RUN/vm1.sock --vhost-user-server $RUN/vm2.sock --uplink $VETH --control $RUN/ctl.sock"
-"$ACCELNET" switch run --vhost-user-server "$RUN/vm1.sock" --vhost-user-server "$RUN/vm2.sock" \
-  --uplink "$VETH" --control "$RUN/ctl.sock" >"$RUN/switch.log" 2>&1 &
-PIDS+=($!); SWITCH_PID=$!
-for _ in $(seq 100); do
-  [ -S "$RUN/vm1.sock" ] && [ -S "$RUN/vm2.sock" ] && [ -S "$RUN/ctl.sock" ] && break
-  kill -0 "$SWITCH_PID" 2>/dev/null || { cat "$RUN/switch.log" >&2; die "the switch exited"; }
-  sleep 0.1
-done
-[ -S "$RUN/ctl.sock" ] || { cat "$RUN/switch.log" >&2; die "the switch did not create its sockets in 10 s"; }
+# 3. The switch (metrics on a free loopback port).
+SWITCH_ARGS=(--vhost-user-server "$RUN/vm1.sock" --vhost-user-server "$RUN/vm2.sock"
+  --uplink "$VETH" --control "$RUN/ctl.sock" --metrics 127.0.0.1:0)
+start_switch() { # log file
+  rm -f "$RUN/ctl.sock"
+  "$ACCELNET" switch run "${SWITCH_ARGS[@]}" >"$1" 2>&1 &
+  PIDS+=($!); SWITCH_PID=$!
+  for _ in $(seq 100); do
+    [ -S "$RUN/vm1.sock" ] && [ -S "$RUN/vm2.sock" ] && [ -S "$RUN/ctl.sock" ] && break
+    kill -0 "$SWITCH_PID" 2>/dev/null || { cat "$1" >&2; die "the switch exited"; }
+    sleep 0.05
+  done
+  [ -S "$RUN/ctl.sock" ] || { cat "$1" >&2; die "the switch did not create its sockets in 5 s"; }
+}
+say "starting: accelnet switch run ${SWITCH_ARGS[*]}"
+start_switch "$RUN/switch.log"
 sed 's/^/  switch: /' "$RUN/switch.log"
 
 # 4. Two guests: vm2 idles (role server), vm1 pings vm2 then the wire and powers off (role ping).
@@ -99,7 +106,7 @@ guest() { # name sock mac append...
     -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initramfs.cpio.gz" \
     -append "console=ttyS0 loglevel=4 panic=-1 mitigations=off lab.mac=$mac $*" \
     -display none -serial "file:$RUN/$name.log" -monitor none -no-reboot -nodefaults \
-    -chardev "socket,id=c0,path=$sock" -netdev vhost-user,id=n0,chardev=c0 \
+    -chardev "socket,id=c0,path=$sock,reconnect-ms=100" -netdev vhost-user,id=n0,chardev=c0 \
     -device "virtio-net-pci,netdev=n0,mac=$mac" </dev/null 2>"$RUN/$name.qemu.log" &
   PIDS+=($!)
 }
@@ -118,13 +125,28 @@ say "wire ($WIRE_IP) pings vm2 ($VM2_IP)"
 WIRE_PING=$(ip netns exec "$NS" busybox ping -c "$COUNT" -i 0.2 -W 2 "$VM2_IP" 2>&1 || true)
 echo "$WIRE_PING" | sed 's/^/  wire: /'
 
-# 6. What the switch saw.
+# 6. What the switch saw, and its Prometheus metrics.
 for what in ports fdb stats; do
   say "accelnet switch $what --control $RUN/ctl.sock"
   "$ACCELNET" switch "$what" --control "$RUN/ctl.sock" || echo "  (accelnet switch $what failed)"
 done
+METRICS=$(sed -n 's|.*metrics on http://\([0-9.]*\):\([0-9]*\)/metrics.*|\1 \2|p' "$RUN/switch.log" | head -1)
+if [ -n "$METRICS" ]; then
+  say "GET http://${METRICS/ /:}/metrics (excerpt)"
+  { exec 3<>"/dev/tcp/${METRICS% *}/${METRICS#* }" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3; } 2>/dev/null \
+    | grep -E '^accelnet_switch_port_(rx|tx)_packets_total' | sed 's/^/  /' || echo "  (metrics unavailable)"
+fi
 
-# 7. Verdict: every ping sequence must have all its replies.
+# 7. The switch dies (SIGKILL) and is started again: QEMU reconnects (reconnect-ms=100), vm2
+#    keeps running, and the wire reaches it again.
+say "kill -9 the switch, start it again, and ping vm2 from the wire"
+kill -9 "$SWITCH_PID"; wait "$SWITCH_PID" 2>/dev/null || true
+start_switch "$RUN/switch-restarted.log"
+sleep 0.5   # QEMU retries every 100 ms
+WIRE_PING2=$(ip netns exec "$NS" busybox ping -c "$COUNT" -i 0.2 -W 2 "$VM2_IP" 2>&1 || true)
+echo "$WIRE_PING2" | sed 's/^/  wire: /'
+
+# 8. Verdict: every ping sequence must have all its replies.
 ok=1
 check() { # label text
   local line; line=$(echo "$2" | grep -E 'packets transmitted' | tail -1)
@@ -139,4 +161,5 @@ vm1_log=$(cat "$RUN/vm1.log")
 check "vm1 -> vm2 " "$(echo "$vm1_log" | sed -n "/first reply from $VM2_IP/,/first reply from $WIRE_IP/p")"
 check "vm1 -> wire" "$(echo "$vm1_log" | sed -n "/first reply from $WIRE_IP/,\$p")"
 check "wire -> vm2" "$WIRE_PING"
+check "wire -> vm2 after the switch was killed and restarted" "$WIRE_PING2"
 [ $ok = 1 ]

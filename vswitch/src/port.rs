@@ -752,6 +752,8 @@ impl InnerSocket {
         use std::os::unix::fs::DirBuilderExt;
         // Unique per process and port instance: several switches may share a process.
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        static REAP: std::sync::Once = std::sync::Once::new();
+        REAP.call_once(reap_stale_inner_dirs);
         let dir = std::env::temp_dir().join(format!(
             "accelnet-{}-{}-{}",
             std::process::id(),
@@ -767,6 +769,33 @@ impl InnerSocket {
             path,
             listener,
         })
+    }
+}
+
+/// Removes the private socket directories of switch processes that no longer exist
+/// (a SIGKILLed switch cannot clean up after itself).
+fn reap_stale_inner_dirs() {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // accelnet-<pid>-<n>-<port>, with <pid> and <n> numeric.
+        let mut parts = name.splitn(4, '-');
+        let (Some("accelnet"), Some(pid), Some(n), Some(_)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let numeric = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if numeric(pid)
+            && numeric(n)
+            && !Path::new("/proc").join(pid).exists()
+            && e.path().join("daemon.sock").exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

@@ -8,6 +8,22 @@ LOG_DIR=${LOG_DIR:-$RES_DIR/logs}
 mkdir -p "$RUN_DIR" "$RES_DIR" "$LOG_DIR"
 
 CSV_HEADER="ts,dut,gen_fwd,size,run,window_s,rx_pps_p0,rx_pps_p1,agg_mpps,agg_gbps,gen_tx_dropped,gen_rx_empty_pct,steal_pct,host_lost_pct,dut_info"
+# 4-port mode (NPORTS=4): the same 15 columns (agg_mpps = all four ports) plus ports 2 and 3 at the end.
+CSV_HEADER4="$CSV_HEADER,rx_pps_p2,rx_pps_p3"
+
+# Ports per run: 2 (one generator pair, the default) or 4 (two independent pairs, bench/compare-4port.sh).
+# Pair A = generator ports 0 <-> 1 on $SOCK0/$SOCK1, pair B = ports 2 <-> 3 on $SOCK2/$SOCK3.
+NPORTS=${NPORTS:-2}
+case $NPORTS in 2|4) ;; *) die "NPORTS must be 2 or 4" ;; esac
+SOCK2=${SOCK2:-$RUN_DIR/vhu2.sock}
+SOCK3=${SOCK3:-$RUN_DIR/vhu3.sock}
+GEN_MAC2=${GEN_MAC2:-02:00:00:00:00:03}
+GEN_MAC3=${GEN_MAC3:-02:00:00:00:00:04}
+GEN_NB_CORES=${GEN_NB_CORES:-1}   # generator forwarding lcores (the first non-main lcores of GEN_LCORES)
+# dut_socks : the DUT's socket paths, one per port, in port order.
+dut_socks() {
+    if [ "$NPORTS" = 4 ]; then echo "$SOCK0 $SOCK1 $SOCK2 $SOCK3"; else echo "$SOCK0 $SOCK1"; fi
+}
 
 check_hugepages() {
     local free
@@ -75,6 +91,10 @@ wait_quiet() {
 # gen_run DUT_NAME SIZE RUN_INDEX CSV
 # Starts the generator (testpmd, two virtio-user ports = the two "guests") against $SOCK0/$SOCK1,
 # injects traffic, measures a $DURATION-second window and appends one CSV row.
+# NPORTS=4: four virtio-user ports (the four "guests") on $SOCK0..$SOCK3 in one testpmd; the default
+#   paired port topology makes two independent closed loops, pair A = ports 0 <-> 1 and pair B = ports
+#   2 <-> 3 (each pair's frames only carry that pair's two MACs). GEN_NB_CORES forwarding lcores
+#   (default 1; with 2, testpmd gives lcore 1 pair A's streams and lcore 2 pair B's).
 #  GEN_FWD=io      : closed loop. tx_first injects TXFIRST*32 pkts per port; the generator forwards
 #                    whatever arrives on port 1 back into port 0 unchanged (and 1<-0), so every packet
 #                    always enters the DUT on the same port with the same MACs (MAC learning is stable).
@@ -95,10 +115,18 @@ gen_run() {
     esac
     # tx_first / flowgen packets: src = own port MAC, dst = the other guest's MAC
     eth_peers=("--eth-peer=0,$GEN_MAC1" "--eth-peer=1,$GEN_MAC0")
+    local vdevs=(--vdev "net_virtio_user0,path=$SOCK0,queues=1,queue_size=$GEN_QSIZE,mac=$GEN_MAC0$srv"
+                 --vdev "net_virtio_user1,path=$SOCK1,queues=1,queue_size=$GEN_QSIZE,mac=$GEN_MAC1$srv")
+    if [ "$NPORTS" = 4 ]; then
+        eth_peers+=("--eth-peer=2,$GEN_MAC3" "--eth-peer=3,$GEN_MAC2")
+        vdevs+=(--vdev "net_virtio_user2,path=$SOCK2,queues=1,queue_size=$GEN_QSIZE,mac=$GEN_MAC2$srv"
+                --vdev "net_virtio_user3,path=$SOCK3,queues=1,queue_size=$GEN_QSIZE,mac=$GEN_MAC3$srv")
+    fi
     read -r -a mem_args <<< "$GEN_MEM"
     local startup_max=${GEN_STARTUP_MAX:-30}
     local tmo=$((startup_max + WARMUP + DURATION + 30))
-    if [ "$GEN_ROLE" = server ]; then rm -f "$SOCK0" "$SOCK1"; fi
+    # shellcheck disable=SC2046  # socket paths have no spaces (bench/run/...)
+    if [ "$GEN_ROLE" = server ]; then rm -f $(dut_socks); fi
     [ -n "${DUT_INFO_FILE:-}" ] && rm -f "$DUT_INFO_FILE"
     local lost0 lost1
     lost0=$(wait_quiet | tail -1)
@@ -127,10 +155,8 @@ gen_run() {
         echo "quit"
         sleep 3
     ) | timeout -k 5 "$tmo" stdbuf -oL dpdk-testpmd -l "$GEN_LCORES" --main-lcore "$GEN_MAIN" \
-            --file-prefix "$GEN_PREFIX" "${mem_args[@]}" --no-pci --log-level=user1,7 \
-            --vdev "net_virtio_user0,path=$SOCK0,queues=1,queue_size=$GEN_QSIZE,mac=$GEN_MAC0$srv" \
-            --vdev "net_virtio_user1,path=$SOCK1,queues=1,queue_size=$GEN_QSIZE,mac=$GEN_MAC1$srv" \
-            -- -i --nb-cores=1 --forward-mode="$GEN_FWD" "${topo[@]}" --total-num-mbufs="$GEN_MBUFS" \
+            --file-prefix "$GEN_PREFIX" "${mem_args[@]}" --no-pci --log-level=user1,7 "${vdevs[@]}" \
+            -- -i --nb-cores="$GEN_NB_CORES" --forward-mode="$GEN_FWD" "${topo[@]}" --total-num-mbufs="$GEN_MBUFS" \
             --rxd="$GEN_QSIZE" --txd="$GEN_QSIZE" --txpkts="$size" "${eth_peers[@]}" --record-burst-stats \
             >> "$glog" 2>&1
     local rc=$?
@@ -141,18 +167,22 @@ gen_run() {
     steal=$(cat "$glog.stat0" "$glog.stat1" 2>/dev/null | awk '{t=0; for(i=2;i<=NF;i++) t+=$i; st[NR]=$9; tt[NR]=t} END{ if (NR==2 && tt[2]>tt[1]) printf "%.1f", 100*(st[2]-st[1])/(tt[2]-tt[1]); else printf "NA"}')
     rm -f "$glog.stat0" "$glog.stat1"
     [ -n "${DUT_INFO_FILE:-}" ] && [ -f "$DUT_INFO_FILE" ] && info=$(head -1 "$DUT_INFO_FILE")
-    # Parse: last two Rx-pps values = ports 0,1 over the window; first accumulated block after clear.
-    awk -v dut="$dut" -v fwd="$GEN_FWD" -v size="$size" -v run="$run" -v win="$DURATION" \
+    # Parse: last NPORTS Rx-pps values = ports 0..NPORTS-1 over the window; first accumulated block after clear.
+    awk -v np="$NPORTS" -v dut="$dut" -v fwd="$GEN_FWD" -v size="$size" -v run="$run" -v win="$DURATION" \
         -v info="$info" -v steal="$steal" -v lost="$(awk -v a="$lost0" -v b="$lost1" 'BEGIN{ if (a == "" || b == "" || a == "NA" || b == "NA") print "NA"; else printf "%.1f", (a + b) / 2 }')" -v rc="$rc" -v ts="$(date +%Y-%m-%dT%H:%M:%S)" '
         /Rx-pps:/ { n++; pps[n] = $2 }
         /Accumulated forward statistics/ && !acc { acc = 1 }
         acc == 1 && /TX-dropped: *[0-9]/ && txd == "" { match($0, /TX-dropped: *[0-9]+/); txd = substr($0, RSTART, RLENGTH); sub(/TX-dropped: */, "", txd) }
-        /RX-bursts :/ && nb < 2 { nb++; e = 0; if (match($0, /[0-9]+% of 0 pkts/)) { e = substr($0, RSTART, RLENGTH); sub(/%.*/, "", e) } emp += e }
+        /RX-bursts :/ && nb < np { nb++; e = 0; if (match($0, /[0-9]+% of 0 pkts/)) { e = substr($0, RSTART, RLENGTH); sub(/%.*/, "", e) } emp += e }
         END {
-            if (n < 4 || rc != 0 && rc != 141) { p0 = 0; p1 = 0; note = "FAILED(rc=" rc ")" } else { p0 = pps[n-1]; p1 = pps[n] }
-            agg = p0 + p1
-            printf "%s,%s,%s,%d,%d,%d,%d,%d,%.3f,%.3f,%s,%s,%s,%s,%s\n", ts, dut, fwd, size, run, win, p0, p1,
+            failed = (n < 2 * np || rc != 0 && rc != 141)
+            agg = 0
+            for (i = 0; i < np; i++) { p[i] = failed ? 0 : pps[n - np + 1 + i]; agg += p[i] }
+            if (failed) note = "FAILED(rc=" rc ")"
+            printf "%s,%s,%s,%d,%d,%d,%d,%d,%.3f,%.3f,%s,%s,%s,%s,%s", ts, dut, fwd, size, run, win, p[0], p[1],
                 agg / 1e6, agg * size * 8 / 1e9, (txd == "" ? "NA" : txd), (nb ? emp / nb : "NA"), steal, lost, info note
+            if (np == 4) printf ",%d,%d", p[2], p[3]
+            printf "\n"
         }' "$glog" | tee -a "$csv"
 }
 
@@ -174,11 +204,16 @@ summarize() {
         END { flush() }'
 }
 
-csv_init() { [ -s "$1" ] || echo "$CSV_HEADER" > "$1"; }
+csv_init() {
+    local h=$CSV_HEADER
+    [ "$NPORTS" = 4 ] && h=$CSV_HEADER4
+    [ -s "$1" ] || echo "$h" > "$1"
+}
 
 # print_last_row CSV : the row gen_run appended last, readable, on stderr.
 print_last_row() {
-    tail -1 "$1" | awk -F, '{printf "  %s size=%s run=%s: %s Mpps (%s + %s pps)  %s Gbit/s  gen_rx_empty=%s%% gen_tx_drop=%s host_lost=%s%% %s\n", $2, $4, $5, $9, $7, $8, $10, $12, $11, $14, $15}' >&2
+    tail -1 "$1" | awk -F, '{pp = $7 " + " $8; if (NF >= 17) pp = "A " $7 " + " $8 " | B " $16 " + " $17
+        printf "  %s size=%s run=%s: %s Mpps (%s pps)  %s Gbit/s  gen_rx_empty=%s%% gen_tx_drop=%s host_lost=%s%% %s\n", $2, $4, $5, $9, pp, $10, $12, $11, $14, $15}' >&2
 }
 
 # run_all_sizes DUT_NAME CSV SIZE... : RUNS generator runs per size against the running DUT,
@@ -191,6 +226,30 @@ run_all_sizes() {
             print_last_row "$csv"
         done
     done
+}
+
+# CPU share of each DUT thread over the window (used by bench/compare-4port.sh through GEN_HOOK_START/END).
+# dut_threads_mark PIDFILE OUT: the time, then "tid name ticks" (utime + stime) for every thread of the DUT
+# process, i.e. the child of the `timeout` wrapper whose pid start_bg recorded in PIDFILE.
+dut_threads_mark() {
+    local p t
+    p=$(pgrep -P "$(cat "$1" 2>/dev/null)" 2>/dev/null | head -1)
+    {
+        date +%s.%N
+        [ -n "$p" ] && for t in /proc/"$p"/task/*; do
+            echo "${t##*/} $(tr -d ' ,' < "$t/comm") $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "$t/stat")"
+        done
+    } > "$2" 2>/dev/null
+}
+# dut_threads_cpu PIDFILE MARK: "thr_cpu=name:NN%/..." for the threads (by tid) that used >= 5 % of a CPU
+# since dut_threads_mark wrote MARK.
+dut_threads_cpu() {
+    dut_threads_mark "$1" "$2.end"
+    awk -v hz="$(getconf CLK_TCK)" 'FNR == 1 { if (NR == 1) t0 = $1; else t1 = $1; next }
+        NR == FNR { s[$1] = $3; next }
+        { if ($1 in s) { pct = 100 * ($3 - s[$1]) / hz / (t1 - t0); if (pct >= 5) printf "%d %s:%.0f%%\n", $1, $2, pct } }' \
+        "$2" "$2.end" 2>/dev/null | sort -n | awk '{ o = o (NR > 1 ? "/" : "") $2 } END { print "thr_cpu=" o }'
+    rm -f "$2" "$2.end"
 }
 
 # summarize_ratios CSV BASELINE_DUT : per round (run index) and size, Mpps(dut)/Mpps(baseline);

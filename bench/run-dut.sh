@@ -13,6 +13,8 @@
 #           dpdkvhostuserclient); the DUT must retry connecting until the sockets exist.
 # DUT_TASKSET  CPU list the DUT process is confined to (default $DUT_CPU; empty = no taskset, for
 #           DPDK apps that pin themselves with -l).
+# NPORTS    2 (default) or 4: with 4 the DUT must also serve $SOCK2/$SOCK3 and keep the two pairs
+#           0 <-> 1 and 2 <-> 3 apart (bench/compare-4port.sh).
 # Extra:    SIZES RUNS RUN_OFFSET DURATION WARMUP GEN_FWD CSV GEN_HOOK_START GEN_HOOK_END DUT_INFO_FILE
 #           (see env.sh / lib.sh)
 set -u
@@ -31,7 +33,8 @@ case " $GEN_MEM " in *" --no-huge "*) ;; *) check_hugepages ;; esac
 read -r -a sizes <<< "$SIZES"
 DUT_TMO=${DUT_TMO:-$(( ${#sizes[@]} * RUNS * (DURATION + WARMUP + 40) + 120 ))}
 
-[ "$GEN_ROLE" = client ] && rm -f "$SOCK0" "$SOCK1"
+read -r -a socks <<< "$(dut_socks)"
+[ "$GEN_ROLE" = client ] && rm -f "${socks[@]}"
 trap 'stop_bg "dut-$DUT_NAME"' EXIT INT TERM
 if [ -n "$DUT_TASKSET" ]; then
     start_bg "dut-$DUT_NAME" "$DUT_TMO" taskset -c "$DUT_TASKSET" bash -c "exec $DUT_CMD"
@@ -39,8 +42,8 @@ else
     start_bg "dut-$DUT_NAME" "$DUT_TMO" bash -c "exec $DUT_CMD"
 fi
 if [ "$GEN_ROLE" = client ]; then
-    wait_for_sockets "${DUT_STARTUP_MAX:-30}" "$SOCK0" "$SOCK1" \
-        || die "DUT did not create $SOCK0 $SOCK1 (see $LOG_DIR/dut-$DUT_NAME.log)"
+    wait_for_sockets "${DUT_STARTUP_MAX:-30}" "${socks[@]}" \
+        || die "DUT did not create ${socks[*]} (see $LOG_DIR/dut-$DUT_NAME.log)"
 else
     sleep "${DUT_STARTUP:-2}"
 fi

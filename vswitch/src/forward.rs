@@ -1172,6 +1172,8 @@ fn deliver_to_guest<'a, 'm: 'a>(
     let mrg = att.mrg_rxbuf();
     let acked = att.acked();
     let mut segs = Segments::default();
+    // Receive chains of the frame being written (set up once per batch, not per frame).
+    let mut chains = [(0u16, 0u32); MAX_RX_CHAINS];
     let mut outcome = |r: Result<usize, DropReason>, d: &mut Delivered| match r {
         Ok(n) => {
             d.packets += 1;
@@ -1185,7 +1187,15 @@ fn deliver_to_guest<'a, 'm: 'a>(
     };
     for (f, e) in frames {
         let Some(h) = f.offload else {
-            let r = write_one(&mut ring, &mut segs, &f, e, mrg, VnetHdr::default());
+            let r = write_one(
+                &mut ring,
+                &mut segs,
+                &mut chains,
+                &f,
+                e,
+                mrg,
+                VnetHdr::default(),
+            );
             outcome(r, &mut d);
             continue;
         };
@@ -1195,6 +1205,7 @@ fn deliver_to_guest<'a, 'm: 'a>(
             let r = write_one(
                 &mut ring,
                 &mut segs,
+                &mut chains,
                 &f,
                 e,
                 mrg,
@@ -1213,6 +1224,7 @@ fn deliver_to_guest<'a, 'm: 'a>(
             let r = write_one(
                 &mut ring,
                 &mut segs,
+                &mut chains,
                 &out,
                 Egress { insert_tag: None },
                 mrg,
@@ -1263,6 +1275,7 @@ fn flow_hash(frame: &[u8]) -> usize {
 fn write_one<'m>(
     ring: &mut SplitRing<'m>,
     segs: &mut Segments<'m>,
+    chains: &mut [(u16, u32); MAX_RX_CHAINS],
     f: &OutFrame<'_, '_>,
     e: Egress,
     mrg: bool,
@@ -1270,7 +1283,6 @@ fn write_one<'m>(
 ) -> Result<usize, DropReason> {
     let out_len = f.out_len(e);
     let need = VNET_HDR_LEN + out_len;
-    let mut chains = [(0u16, 0u32); MAX_RX_CHAINS];
     let mut nchains = 0;
     let mut room = 0usize;
     segs.clear();

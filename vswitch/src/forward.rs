@@ -877,27 +877,37 @@ impl Forwarder {
         let target = port.id;
         let tp = port.policy.load();
         let mut not_carried = 0;
-        let wanted = |f: &&TxFrame| {
-            let carried = || tp.egress(f.vlan).is_some();
-            match f.dest {
-                Dest::Port(p) if p == target => {
-                    // Learned in a VLAN the port no longer carries (policy changed).
-                    let ok = carried();
-                    not_carried += u64::from(!ok);
-                    ok && tp.rx_filter_accepts(f.dst)
-                }
-                Dest::Flood => src != target && carried() && tp.rx_filter_accepts(f.dst),
-                Dest::Port(_) | Dest::Dropped => false,
+        // A batch is usually one VLAN: its egress is worked out once.
+        let mut last: Option<(u16, Option<Egress>)> = None;
+        let out = frames.iter().filter_map(|f| {
+            let wanted = match f.dest {
+                Dest::Port(p) => p == target,
+                Dest::Flood => src != target,
+                Dest::Dropped => false,
+            };
+            if !wanted {
+                return None;
             }
-        };
-        let out = frames.iter().filter(wanted).map(|f| {
-            let e = tp
-                .egress(f.vlan)
-                .map_or(Egress { insert_tag: None }, |t| Egress {
-                    insert_tag: t.insert_tag(),
-                });
+            let e = match last {
+                Some((v, e)) if v == f.vlan => e,
+                _ => {
+                    let e = tp.egress(f.vlan).map(|t| Egress {
+                        insert_tag: t.insert_tag(),
+                    });
+                    last = Some((f.vlan, e));
+                    e
+                }
+            };
+            let Some(e) = e else {
+                // Learned in a VLAN the port no longer carries (policy changed).
+                not_carried += u64::from(f.dest == Dest::Port(target));
+                return None;
+            };
+            if !tp.rx_filter_accepts(f.dst) {
+                return None;
+            }
             let bytes = FrameBytes::Guest(segs.range(f.seg_start, f.seg_end));
-            (
+            Some((
                 OutFrame {
                     bytes,
                     tagged: f.tagged,
@@ -905,7 +915,7 @@ impl Forwarder {
                     offload: f.offload,
                 },
                 e,
-            )
+            ))
         });
         self.deliver(port, hint, out);
         port.counters.drop(DropReason::VlanNotAllowed, not_carried);
@@ -919,6 +929,10 @@ impl Forwarder {
         frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
     ) {
         let tp = port.policy.load();
+        // The common case, no egress limit, keeps the plain iterator.
+        if tp.egress_limiter().is_none() {
+            return self.deliver_admitted(port, hint, frames);
+        }
         let now_ns = self.clock_ns.get();
         let mut limited = 0u64;
         let frames = frames.filter(|(f, e)| {
@@ -926,6 +940,19 @@ impl Forwarder {
             limited += u64::from(!ok);
             ok
         });
+        self.deliver_admitted(port, hint, frames);
+        if limited > 0 {
+            port.counters.drop(DropReason::EgressRateLimit, limited);
+        }
+    }
+
+    /// [`Forwarder::deliver`] once the egress limit let the frames pass.
+    fn deliver_admitted<'a, 'm: 'a>(
+        &self,
+        port: &Port,
+        hint: usize,
+        frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
+    ) {
         let d = match &port.backend {
             PortBackend::Vhost(v) => match v.attached.load_full() {
                 Some(att) => {
@@ -984,9 +1011,6 @@ impl Forwarder {
                 d
             }
         };
-        if limited > 0 {
-            port.counters.drop(DropReason::EgressRateLimit, limited);
-        }
         port.counters
             .tx_packets
             .fetch_add(d.packets, Ordering::Relaxed);

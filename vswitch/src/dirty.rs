@@ -19,8 +19,8 @@
 //! port must report acknowledged features and memory changes to a per-connection
 //! [`LogControl`]:
 //!
-//! ```ignore
-//! // NetBackend gets a `log: Arc<LogControl>` field (one per connection).
+//! ```text
+//! // As port.rs does: NetBackend has a `log: Arc<LogControl>` (one per connection).
 //! fn acked_features(&self, features: u64) {
 //!     self.log.acked_features(&self.mem, features); // opens/closes the gate (bit 26)
 //! }

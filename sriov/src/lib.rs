@@ -1,7 +1,20 @@
 //! SR-IOV host model: physical and virtual function discovery and configuration
 //! through sysfs and rtnetlink, prerequisite checks, and the VF pool.
 //!
-//! This crate is a leaf: it knows nothing of VMs or the switch. Its implementation
-//! arrives with the SR-IOV issue; until then it exports nothing.
+//! This crate is a leaf: it knows nothing of VMs or the switch.
+//!
+//! Discovery: [`sysfs::discover`] reads the PFs and VFs under a [`sysfs::SysfsRoot`]
+//! into a [`host::Host`]. Per-VF settings (MAC, VLAN, spoof check, trust, link state)
+//! come from a [`host::VfInfoSource`]; the rtnetlink source is not written yet, so
+//! they are unknown (`None`) for now. Feature `test-utils` adds `test_utils::FakeSysfs`,
+//! a fake sysfs tree for tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod host;
+pub mod sysfs;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
+
+pub use host::{Host, PhysFunction, VfInfo, VfInfoSource, VfLinkState, VirtFunction};
+pub use sysfs::{discover, SysfsRoot};

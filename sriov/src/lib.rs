@@ -8,13 +8,18 @@
 //! come from a [`host::VfInfoSource`]; the rtnetlink source is not written yet, so
 //! they are unknown (`None`) for now. Feature `test-utils` adds `test_utils::FakeSysfs`,
 //! a fake sysfs tree for tests.
+//!
+//! [`errors`] is the seed's error catalogue (ids, messages, Linux hints);
+//! [`tiers`] the performance tiers, their vCPU minimums and queue pairs.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod errors;
 pub mod host;
 pub mod sysfs;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
+pub mod tiers;
 
 pub use host::{Host, PhysFunction, VfInfo, VfInfoSource, VfLinkState, VirtFunction};
 pub use sysfs::{discover, SysfsRoot};

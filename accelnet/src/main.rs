@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod sriov_cmd;
 mod switch_cmd;
 mod table;
 
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run or query the vhost-user-net software switch.
     Switch(switch_cmd::SwitchArgs),
+    /// Inspect the host's SR-IOV physical and virtual functions.
+    Sriov(sriov_cmd::SriovArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,5 +40,6 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Switch(args) => switch_cmd::run(args),
+        Command::Sriov(args) => sriov_cmd::run(args),
     }
 }

@@ -9,6 +9,11 @@
 # Env: ACCELNET_GUEST_DIR  output directory
 #      KVER / KPKG_VERSION  guest kernel ABI and pinned package version (6.1.0-50-amd64 / 6.1.176-1)
 #      BUSYBOX              a STATIC busybox (default /bin/busybox from busybox-static)
+#      EXTRA_BINS           optional space-separated list of extra host binaries (e.g.
+#                           EXTRA_BINS=/work/main/target/debug/accelnet) copied into the image
+#                           at their host paths with every shared library ldd lists, like
+#                           TOOLS. Unset (the default): the image's inputs are unchanged. The
+#                           list is remembered in $OUT/.extra-bins: changing it rebuilds.
 # Idempotent: the .deb is downloaded and unpacked once; the initramfs is rebuilt only when
 # guest-init.sh, busybox, a tool or its libraries, or this script changed (FORCE=1 rebuilds anyway).
 set -euo pipefail
@@ -23,6 +28,13 @@ BUSYBOX=${BUSYBOX:-/bin/busybox}
 # Modules the guest needs (=m in Debian's config); their load order comes from modules.dep.
 MODULES=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
          failover net_failover virtio_net e1000 e1000e)
+# Modules shipped in the image but loaded only on request, by the kernel command line flag
+# lab.modules=igb,igbvf,vfio-pci,vfio_iommu_type1 (guest-init.sh loads them after the lab NIC
+# is configured, so the default eth0 naming never changes). For each, the image holds
+# /lib/modules/opt/<name>.order: the module and its dependencies in load order.
+# SR-IOV lab (tests/tests/qemu_sriov_igb.rs): QEMU's igb PF (igb) and its VFs (igbvf),
+# vfio-pci to hand a VF to user space; the IOMMU (intel_iommu) is built into the kernel.
+OPT_MODULES=(igb igbvf vfio vfio_iommu_type1 vfio-pci)
 # Dynamically linked host tools copied into the guest at their host paths (/usr/bin, /usr/sbin:
 # first in the guest's PATH), with every library `ldd` lists, at the path ldd resolved it to.
 TOOLS=(iperf3 ethtool)
@@ -60,8 +72,10 @@ cp -u "$KDIR/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 
 # 2. The tools and their shared libraries (ldd: `name => /path (addr)` or `/path (addr)`).
 TOOL_FILES=()
-for t in "${TOOLS[@]}"; do
-  bin=$(command -v "$t")
+read -ra EXTRA <<< "${EXTRA_BINS:-}"
+for t in "${TOOLS[@]}" "${EXTRA[@]}"; do
+  bin=$(command -v "$t") || die "EXTRA_BINS: no executable $t"
+  [ -x "$bin" ] || die "EXTRA_BINS: $bin is not executable"
   TOOL_FILES+=("$bin")
   if ! libs=$(ldd "$bin" 2>&1); then
     grep -q 'not a dynamic executable' <<< "$libs" || die "ldd $bin: $libs"
@@ -76,6 +90,8 @@ mapfile -t TOOL_FILES < <(printf '%s\n' "${TOOL_FILES[@]}" | sort -u)
 # 3. Initramfs, rebuilt only if an input is newer than it.
 INITRD=$OUT/initramfs.cpio.gz
 stale=${FORCE:-}
+# EXTRA_BINS changed since the last build (e.g. set, then unset again): rebuild.
+if [ "$(cat "$OUT/.extra-bins" 2>/dev/null)" != "${EXTRA_BINS:-}" ]; then stale=1; fi
 for f in "$LAB/guest-init.sh" "$BUSYBOX" "${BASH_SOURCE[0]}" "$KDIR/.unpacked-$KPKG_VERSION" "${TOOL_FILES[@]}"; do
   if [ "$f" -nt "$INITRD" ]; then stale=1; fi
 done
@@ -98,6 +114,19 @@ if [ -n "$stale" ] || [ ! -f "$INITRD" ]; then
     ORDER+=("$n")
   }
   for m in "${MODULES[@]}"; do visit "$m"; done
+  # Each optional module's closure in load order (deps first), from a fresh walk; default
+  # modules are left out of it (loaded already).
+  declare -A INBASE=()
+  for n in "${ORDER[@]}"; do INBASE[$n]=1; done
+  declare -A OPT_ORDER=()
+  for m in "${OPT_MODULES[@]}"; do
+    saved=("${ORDER[@]}"); ORDER=(); SEEN=()
+    visit "$m"
+    list=()
+    for n in "${ORDER[@]}"; do [ -n "${INBASE[$n]:-}" ] || list+=("$n"); done
+    OPT_ORDER[$m]="${list[*]}"
+    ORDER=("${saved[@]}")
+  done
 
   R=$OUT/initramfs
   rm -rf "$R"; mkdir -p "$R"/{bin,sbin,proc,sys,dev,tmp,etc,root,lib/modules}
@@ -109,6 +138,15 @@ if [ -n "$stale" ] || [ ! -f "$INITRD" ]; then
     cp "$MODROOT/$f" "$R/lib/modules/$base"
     echo "$base" >> "$R/lib/modules/load-order"
   done
+  mkdir -p "$R/lib/modules/opt"
+  for m in "${OPT_MODULES[@]}"; do
+    : > "$R/lib/modules/opt/$m.order"
+    for n in ${OPT_ORDER[$m]}; do
+      f=${PATHOF[$n]}; base=$(basename "$f")
+      cp "$MODROOT/$f" "$R/lib/modules/$base"
+      echo "$base" >> "$R/lib/modules/opt/$m.order"
+    done
+  done
   for f in "${TOOL_FILES[@]}"; do
     mkdir -p "$R$(dirname "$f")"
     cp -L "$f" "$R$f"   # the file itself, not a symlink into the host's tree
@@ -116,7 +154,9 @@ if [ -n "$stale" ] || [ ! -f "$INITRD" ]; then
   cp "$LAB/guest-init.sh" "$R/init"; chmod 755 "$R/init"
   (cd "$R" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > "$INITRD.tmp")
   mv "$INITRD.tmp" "$INITRD"
+  printf '%s' "${EXTRA_BINS:-}" > "$OUT/.extra-bins"
   echo "build-guest: modules (load order): ${ORDER[*]}"
+  for m in "${OPT_MODULES[@]}"; do echo "build-guest: on request (lab.modules=$m): ${OPT_ORDER[$m]}"; done
   echo "build-guest: tools: ${TOOL_FILES[*]}"
   echo "build-guest: initramfs $(du -k "$INITRD" | cut -f1) KiB compressed, $(du -sk "$R" | cut -f1) KiB unpacked"
 fi

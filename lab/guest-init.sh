@@ -6,6 +6,9 @@
 #   lab.peer=10.99.0.1 (ping: a comma-separated list is pinged in turn; pingloop)
 #   lab.count=N (ping)   lab.wait=N (ping: tries for a first reply, 1 s each)   lab.interval=S (pingloop)
 #   lab.timeout=S (server, pingloop: power off after S seconds)   lab.settle=S (sleep before use)
+#   lab.modules=igb,igbvf,vfio-pci,vfio_iommu_type1 (optional modules shipped in the image, see
+#     OPT_MODULES in build-guest.sh; loaded with their dependencies AFTER the lab NIC is
+#     configured, so that e.g. igb's netdevs never take eth0 from the virtio NIC)
 # role=shell (what the tests use): configure the NIC, print "LAB: ready ...", then run an
 # interactive shell on the serial console (no echo, no prompt), so that the host types commands
 # on QEMU's stdin (-serial stdio) and reads their output. Other lines meant for the host start
@@ -64,6 +67,20 @@ ip link set "$IF" up
 ip addr add "${LAB_ip:-10.99.0.2/24}" dev "$IF"
 say "netdevs: $(netdevs)"
 say "using $IF addr ${LAB_ip:-10.99.0.2/24}"
+if [ -n "$LAB_modules" ]; then
+  for m in $(echo "$LAB_modules" | tr ',' ' '); do
+    o=/lib/modules/opt/$m.order
+    [ -f "$o" ] || o=/lib/modules/opt/$(echo "$m" | tr _ -).order
+    [ -f "$o" ] || o=/lib/modules/opt/$(echo "$m" | tr - _).order
+    [ -f "$o" ] || { say "module $m not in the image (lab.modules)"; continue; }
+    for f in $(cat "$o"); do
+      n=${f%%.ko*}; n=$(echo "$n" | tr - _)
+      grep -q "^$n " /proc/modules && continue
+      insmod /lib/modules/$f || say "module $f failed to load (lab.modules=$m)"
+    done
+  done
+  say "modules loaded: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+fi
 PEER=${LAB_peer:-10.99.0.1}
 
 stats_loop() { # every second: per-netdev tx/rx packet counters + topology changes

@@ -11,9 +11,14 @@
 //! QEMU side (under TCG, no `kernel-irqchip=split` needed; that is a KVM requirement):
 //! `-device intel-iommu,intremap=on,caching-mode=on -device pcie-root-port,id=rp0,chassis=1,slot=1
 //!  -netdev user,id=igb0,restrict=on -device igb,bus=rp0,netdev=igb0`, kernel command line
-//! `intel_iommu=on` (the Debian kernel has intel_iommu built in but off by default; without it
-//! a VF has no IOMMU group and vfio-pci cannot bind) and `lab.modules=...` (guest-init.sh loads
-//! igb and friends only after eth0 is configured).
+//! `intel_iommu=on` (explicit only: Debian's 6.1 config, INTEL_IOMMU_DEFAULT_ON_INTGPU_OFF,
+//! already turns the built-in intel_iommu on: same results without it, checked by hand;
+//! `iommu=pt` is not needed) and `lab.modules=...` (guest-init.sh loads igb and friends only after eth0 is
+//! configured, so eth0 stays the virtio NIC). Without the intel-iommu device the VFs get no
+//! IOMMU group and vfio-pci does not bind them (the kernel has no VFIO_NOIOMMU);
+//! virtio-iommu is no alternative: the kernel has no VIRTIO_IOMMU driver.
+//! The PF's netdev stays down here, so igbvf logs "PF still in reset state" and gives each VF a
+//! random MAC; traffic through a VF is not tested (the igb backend is a restricted slirp).
 //!
 //! Logs: `target/lab-logs/qemu_sriov_igb/` (`lab.log` and `sriov.log`, the guest console).
 

@@ -1508,9 +1508,11 @@ fn switch_stops_a_spoofing_guest_and_spares_its_neighbours() {
 
 #[test]
 fn switch_rate_limits_ingress_and_egress_with_token_buckets() {
+    // 1 frame per second: the bucket hardly refills while a burst is forwarded, even on
+    // a loaded machine, so the counts below are exact to one frame.
     let limited = |burst: u64| {
         Some(RateLimit {
-            pps: Some(10),
+            pps: Some(1),
             burst_packets: Some(burst),
             ..RateLimit::default()
         })
@@ -1540,26 +1542,27 @@ fn switch_rate_limits_ingress_and_egress_with_token_buckets() {
     let _ = recv_quiet(&mut a);
     let _ = recv_quiet(&mut c);
 
-    // 30 frames at once from a (ingress 10/s, burst 5): about 5 pass.
+    // 30 frames at once from a (ingress 1/s, burst 5): 5 pass, 6 if a second went by.
     let burst: Vec<Vec<u8>> = (0..30).map(|i| frame(mac(2), mac(1), 60, 10 + i)).collect();
     a.send_burst(&burst).expect("send");
     assert!(a.wait_tx_all_completed(WAIT));
     let got = recv_quiet(&mut b).len() as u64;
     let limited_in = drop_count(&ts.stats("a"), "ingress_rate_limit");
     assert!(
-        (5..=7).contains(&got),
+        (5..=6).contains(&got),
         "{got} of 30 passed a 5-frame ingress burst"
     );
     assert_eq!(got + limited_in, 30, "every frame passed or was counted");
 
-    // 30 frames from b to c (egress 10/s, burst 3): about 3 arrive, the rest counted on c.
+    // 30 frames from b to c (egress 1/s, burst 3, one token spent on b's first
+    // broadcast): 2 arrive, 3 if a second went by; the rest are counted on c.
     let burst: Vec<Vec<u8>> = (0..30).map(|i| frame(mac(3), mac(2), 60, 50 + i)).collect();
     b.send_burst(&burst).expect("send");
     assert!(b.wait_tx_all_completed(WAIT));
     let got = recv_quiet(&mut c).len() as u64;
     let limited_out = drop_count(&ts.stats("c"), "egress_rate_limit");
     assert!(
-        (3..=5).contains(&got),
+        (2..=3).contains(&got),
         "{got} of 30 passed a 3-frame egress burst"
     );
     assert_eq!(got + limited_out, 30, "every frame passed or was counted");

@@ -302,7 +302,11 @@ impl UplinkConfig {
 }
 
 /// Checks that a policy's rate-limit bursts let a frame of `max_frame` through.
-fn check_bursts(port: &str, p: &PolicyConfig, max_frame: usize) -> Result<(), ConfigError> {
+pub(crate) fn check_bursts(
+    port: &str,
+    p: &PolicyConfig,
+    max_frame: usize,
+) -> Result<(), ConfigError> {
     for (table, limit) in [("ingress", &p.ingress), ("egress", &p.egress)] {
         if let Some(burst) = limit.as_ref().and_then(|l| l.effective_burst_bytes()) {
             if burst < max_frame as u64 {

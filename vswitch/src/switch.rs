@@ -9,7 +9,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::api::{FdbEntryInfo, PortInfo, PortStats, Request, Response};
-use crate::config::{ConfigError, PortConfig, PortMode, SwitchConfig};
+use crate::config::{check_bursts, ConfigError, PortConfig, PortMode, SwitchConfig};
 use crate::control::{ControlError, ControlHandler, ControlServer};
 use crate::fdb::{Fdb, PortId};
 use crate::forward::{Forwarder, PortTable, Shared};
@@ -99,6 +99,7 @@ impl State {
     /// Adds a VM port: socket first, then the table, then its control thread.
     fn add_port(&self, pc: &PortConfig) -> Result<Arc<Port>, PortChangeError> {
         pc.validate()?;
+        check_bursts(&pc.port_name(), &pc.policy, self.shared.max_frame)?;
         let mut ctl = self
             .ports_ctl
             .lock()
@@ -224,19 +225,7 @@ impl State {
                 source,
             }
         })?;
-        for (table, limit) in [("ingress", &config.ingress), ("egress", &config.egress)] {
-            if let Some(burst) = limit.as_ref().and_then(|l| l.effective_burst_bytes()) {
-                if burst < self.shared.max_frame as u64 {
-                    return Err(ConfigError::BurstBelowFrame {
-                        port: name.to_string(),
-                        table,
-                        burst,
-                        frame: self.shared.max_frame,
-                    }
-                    .into());
-                }
-            }
-        }
+        check_bursts(name, config, self.shared.max_frame)?;
         port.policy.store(Arc::new(policy));
         self.shared.fdb.flush_port(port.id);
         log::info!("port {name}: policy replaced");

@@ -32,7 +32,7 @@ pub use console::Line;
 pub use guest::{BgJob, Guest, GuestConfig};
 pub use lab::{log, Lab};
 pub use ping::PingStats;
-pub use probe::{Probe, ProbeReport};
+pub use probe::{Probe, ProbeReport, Window};
 pub use qmp::Qmp;
 pub use switch_proc::{accelnet_binary, SwitchProcess};
 pub use wire::{Host, Wire, WIRE_IP, WIRE_MAC};

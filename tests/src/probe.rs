@@ -243,6 +243,17 @@ impl fmt::Debug for Samples {
     }
 }
 
+/// Loss within a part of a run ([`ProbeReport::window`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Longest time between the send times of two consecutive answered requests.
+    pub gap: Duration,
+    /// Longest time between two reply arrivals.
+    pub silence: Duration,
+    /// Requests lost.
+    pub lost: u64,
+}
+
 /// What a [`Probe`] saw; `Display` prints a summary and the [`ProbeReport::timeline`].
 /// Times are offsets from the probe's start ([`ProbeReport::start_epoch`] places it on the
 /// harness clock of `lab.log`).
@@ -904,6 +915,44 @@ impl ProbeReport {
     /// Offset of the first mark labelled `label`.
     pub fn mark(&self, label: &str) -> Option<Duration> {
         self.marks.iter().find(|m| m.label == label).map(|m| m.at)
+    }
+
+    /// What the probe saw of the requests sent in `[from, to)` (offsets), e.g. around
+    /// one kill or one migration: lost requests, the longest send-time gap between
+    /// answered ones (counted from the last answered request before `from`), and the
+    /// longest time between the arrivals of their replies.
+    pub fn window(&self, from: Duration, to: Duration) -> Window {
+        let mut last_answered = self
+            .samples()
+            .iter()
+            .filter(|s| s.sent < from && s.replies > 0)
+            .map(|s| s.sent)
+            .next_back();
+        let mut gap = self.period();
+        let mut lost = 0;
+        let mut arrivals = Vec::new();
+        for s in self
+            .samples()
+            .iter()
+            .filter(|s| s.sent >= from && s.sent < to)
+        {
+            if s.replies == 0 {
+                lost += 1;
+                continue;
+            }
+            if let Some(prev) = last_answered {
+                gap = gap.max(s.sent.saturating_sub(prev));
+            }
+            last_answered = Some(s.sent);
+            arrivals.extend(s.reply);
+        }
+        arrivals.sort();
+        let silence = arrivals
+            .windows(2)
+            .map(|w| w[1].saturating_sub(w[0]))
+            .max()
+            .unwrap_or_default();
+        Window { gap, silence, lost }
     }
 
     /// Requests sent in `[from, to)` (offsets) that were lost.

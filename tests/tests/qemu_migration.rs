@@ -108,30 +108,12 @@ fn migrate(
 
 fn outcome(r: &ProbeReport, info: &Value, from: Duration, to: Duration) -> Outcome {
     let ms = |k: &str| info.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let samples: Vec<_> = r
-        .samples()
-        .iter()
-        .filter(|s| s.sent >= from && s.sent < to)
-        .collect();
-    let lost = samples.iter().filter(|s| s.replies == 0).count() as u64;
-    let mut gap = r.period();
-    let mut prev: Option<Duration> = r
-        .samples()
-        .iter()
-        .filter(|s| s.sent < from && s.replies > 0)
-        .map(|s| s.sent)
-        .next_back();
-    for s in samples.iter().filter(|s| s.replies > 0) {
-        if let Some(p) = prev {
-            gap = gap.max(s.sent.saturating_sub(p));
-        }
-        prev = Some(s.sent);
-    }
+    let w = r.window(from, to);
     Outcome {
         total_ms: ms("total-time"),
         downtime_ms: ms("downtime"),
-        lost,
-        gap,
+        lost: w.lost,
+        gap: w.gap,
     }
 }
 

@@ -31,49 +31,6 @@ const STEADY: Duration = Duration::from_secs(2);
 /// Longest wait for traffic to come back after a restart; past it the test fails.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Loss around one event, from a probe's samples.
-#[derive(Debug, Clone, Copy)]
-struct Outage {
-    /// Longest time between the send times of two consecutive answered requests.
-    gap: Duration,
-    /// Longest time between two reply arrivals.
-    silence: Duration,
-    /// Requests lost.
-    lost: u64,
-}
-
-/// What the probe saw for requests sent in `[from, to)`.
-fn outage(r: &ProbeReport, from: Duration, to: Duration) -> Outage {
-    let period = r.period();
-    let samples = r.samples();
-    let mut last_answered = samples
-        .iter()
-        .filter(|s| s.sent < from && s.replies > 0)
-        .map(|s| s.sent)
-        .next_back();
-    let mut gap = period;
-    let mut lost = 0;
-    let mut arrivals = Vec::new();
-    for s in samples.iter().filter(|s| s.sent >= from && s.sent < to) {
-        if s.replies == 0 {
-            lost += 1;
-            continue;
-        }
-        if let Some(prev) = last_answered {
-            gap = gap.max(s.sent.saturating_sub(prev));
-        }
-        last_answered = Some(s.sent);
-        arrivals.extend(s.reply);
-    }
-    arrivals.sort();
-    let silence = arrivals
-        .windows(2)
-        .map(|w| w[1].saturating_sub(w[0]))
-        .max()
-        .unwrap_or_default();
-    Outage { gap, silence, lost }
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -189,7 +146,7 @@ fn qemu_guests_survive_switch_sigkill_in_server_and_client_mode() {
         for k in 0..KILLS {
             let from = r.mark(&format!("kill{k}")).expect("kill mark");
             let to = r.mark(&format!("kill{}", k + 1)).unwrap_or(r.duration);
-            let o = outage(r, from.saturating_sub(r.period() * 5), to);
+            let o = r.window(from.saturating_sub(r.period() * 5), to);
             summary += &format!(
                 "{mode} mode, kill {k}: gap {:.3} s, longest reply silence {:.3} s, lost {} at {RATE}/s\n",
                 o.gap.as_secs_f64(),

@@ -1,9 +1,12 @@
 //! The `accelnet` binary as a user runs it: exit codes, messages and output formats.
 #![allow(clippy::tests_outside_test_module)]
 
+mod common;
+use common::{accelnet, stderr, stdout};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -36,22 +39,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn accelnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_accelnet"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the accelnet binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -1,25 +1,10 @@
 //! `accelnet sriov list` against fake sysfs trees and the real (SR-IOV-less) host.
 #![allow(clippy::tests_outside_test_module)]
 
-use std::process::{Command, Output};
+mod common;
+use common::{accelnet, stderr, stdout};
 
 use sriov::test_utils::{FakeSysfs, PfSpec, VfSpec};
-
-fn accelnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_accelnet"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the accelnet binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn path_str(fake: &FakeSysfs) -> String {
     fake.path().to_string_lossy().into_owned()

@@ -1175,3 +1175,136 @@ impl Drop for MockFrontend {
         let _ = self.sock.shutdown(Shutdown::Both);
     }
 }
+
+/// How long [`TestSwitch`] waits for a port's state or counters to change.
+pub const TEST_SWITCH_WAIT: Duration = Duration::from_secs(5);
+
+/// A running [`crate::Switch`] with its VM ports' sockets in a fresh directory
+/// (`<dir>/<name>.sock`), and the waits tests need around it. Shut down and its
+/// directory removed on drop. Test support: it panics on failure.
+#[derive(Debug)]
+pub struct TestSwitch {
+    sw: Option<crate::Switch>,
+    dir: PathBuf,
+}
+
+impl TestSwitch {
+    /// Creates a fresh directory (`<tmp>/an-<tag>-<pid>-<n>`, short for socket paths)
+    /// and starts the switch `config(dir)` describes.
+    pub fn start(tag: &str, config: impl FnOnce(&Path) -> crate::SwitchConfig) -> TestSwitch {
+        use std::sync::atomic::AtomicUsize;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("an-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        match crate::Switch::start(config(&dir)) {
+            Ok(sw) => TestSwitch { sw: Some(sw), dir },
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("switch start failed: {e:?}");
+            }
+        }
+    }
+
+    /// The switch.
+    pub fn switch(&self) -> &crate::Switch {
+        self.sw.as_ref().expect("switch running")
+    }
+
+    /// The sockets' directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Socket path of port `name`.
+    pub fn sock(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sock"))
+    }
+
+    /// [`TestSwitch::connect_with`] default options.
+    pub fn connect(&self, name: &str) -> MockFrontend {
+        self.connect_with(name, MockOptions::default())
+    }
+
+    /// Connects a frontend to port `name` and waits until the switch reports the port
+    /// connected (rings attached to the data plane; until then frames to it may drop).
+    pub fn connect_with(&self, name: &str, opts: MockOptions) -> MockFrontend {
+        let m = MockFrontend::connect(&self.sock(name), opts)
+            .unwrap_or_else(|e| panic!("connect to port {name}: {e:?}"));
+        self.wait_connected(name, true);
+        m
+    }
+
+    /// Whether the switch reports port `name` connected.
+    pub fn is_connected(&self, name: &str) -> bool {
+        match self.switch().handle(&crate::Request::Ports {}) {
+            crate::Response::Ports { ports } => {
+                ports
+                    .iter()
+                    .find(|p| p.name == name)
+                    .unwrap_or_else(|| panic!("no port {name} in {ports:?}"))
+                    .connected
+            }
+            other => panic!("ports request failed: {other:?}"),
+        }
+    }
+
+    /// Waits until port `name` reports `connected == want`.
+    pub fn wait_connected(&self, name: &str, want: bool) {
+        let deadline = Instant::now() + TEST_SWITCH_WAIT;
+        while self.is_connected(name) != want {
+            assert!(
+                Instant::now() < deadline,
+                "port {name} never became connected={want}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Counters of port `name`.
+    pub fn stats(&self, name: &str) -> crate::PortStats {
+        self.switch()
+            .port_stats(name)
+            .unwrap_or_else(|| panic!("no stats for port {name}"))
+    }
+
+    /// Polls the port's counters until `pred` holds or [`TEST_SWITCH_WAIT`] passes;
+    /// returns the last.
+    pub fn wait_stats(
+        &self,
+        name: &str,
+        pred: impl Fn(&crate::PortStats) -> bool,
+    ) -> crate::PortStats {
+        let deadline = Instant::now() + TEST_SWITCH_WAIT;
+        loop {
+            let s = self.stats(name);
+            if pred(&s) || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Drop counter `reason` of port `name`.
+    pub fn drops(&self, name: &str, reason: &str) -> u64 {
+        self.stats(name).drops.get(reason).copied().unwrap_or(0)
+    }
+
+    /// Waits until drop counter `reason` of port `name` reaches `n`; returns its value.
+    pub fn wait_drops(&self, name: &str, reason: &str, n: u64) -> u64 {
+        self.wait_stats(name, |s| s.drops.get(reason).copied().unwrap_or(0) >= n);
+        // Give a miscounting switch the chance to overshoot before the caller compares.
+        std::thread::sleep(Duration::from_millis(50));
+        self.drops(name, reason)
+    }
+}
+
+impl Drop for TestSwitch {
+    fn drop(&mut self) {
+        if let Some(sw) = self.sw.take() {
+            sw.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

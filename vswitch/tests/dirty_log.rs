@@ -6,15 +6,13 @@
 #![cfg(feature = "test-utils")]
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vswitch::test_utils::{
-    MockError, MockFrontend, MockOptions, LOG_PAGE_SIZE, RX_QUEUE, TX_QUEUE, VHOST_F_LOG_ALL,
+    MockError, MockFrontend, TestSwitch, LOG_PAGE_SIZE, RX_QUEUE, TX_QUEUE, VHOST_F_LOG_ALL,
 };
-use vswitch::{PortConfig, PortStats, Request, Response, Switch, SwitchConfig};
+use vswitch::{PortConfig, SwitchConfig};
 
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(200);
@@ -70,99 +68,15 @@ fn forward(from: &mut MockFrontend, to: &mut MockFrontend, src: u8, dst: u8, n: 
     assert!(from.wait_tx_all_completed(WAIT), "TX chains not returned");
 }
 
-static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
-
-/// A running switch with server-mode VM ports in a fresh directory.
-struct TestSwitch {
-    sw: Option<Switch>,
-    dir: PathBuf,
-}
-
-impl TestSwitch {
-    fn start(ports: &[&str]) -> TestSwitch {
-        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("an-dl-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        let config = SwitchConfig {
-            ports: ports
-                .iter()
-                .map(|p| PortConfig::new(dir.join(format!("{p}.sock"))))
-                .collect(),
-            ..SwitchConfig::default()
-        };
-        match Switch::start(config) {
-            Ok(sw) => TestSwitch { sw: Some(sw), dir },
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                panic!("switch start failed: {e:?}");
-            }
-        }
-    }
-
-    fn switch(&self) -> &Switch {
-        self.sw.as_ref().expect("switch running")
-    }
-
-    fn connect(&self, name: &str) -> MockFrontend {
-        let path = self.dir.join(format!("{name}.sock"));
-        let m = MockFrontend::connect(&path, MockOptions::default())
-            .unwrap_or_else(|e| panic!("connect to port {name}: {e:?}"));
-        self.wait_connected(name, true);
-        m
-    }
-
-    fn is_connected(&self, name: &str) -> bool {
-        match self.switch().handle(&Request::Ports {}) {
-            Response::Ports { ports } => {
-                ports
-                    .iter()
-                    .find(|p| p.name == name)
-                    .unwrap_or_else(|| panic!("no port {name} in {ports:?}"))
-                    .connected
-            }
-            other => panic!("ports request failed: {other:?}"),
-        }
-    }
-
-    fn wait_connected(&self, name: &str, want: bool) {
-        let deadline = Instant::now() + WAIT;
-        while self.is_connected(name) != want {
-            assert!(
-                Instant::now() < deadline,
-                "port {name} never became connected={want}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn stats(&self, name: &str) -> PortStats {
-        self.switch()
-            .port_stats(name)
-            .unwrap_or_else(|| panic!("no stats for port {name}"))
-    }
-
-    fn drops(&self, name: &str, reason: &str) -> u64 {
-        self.stats(name).drops.get(reason).copied().unwrap_or(0)
-    }
-
-    /// Waits until drop counter `reason` of port `name` reaches `n`; returns its value.
-    fn wait_drops(&self, name: &str, reason: &str, n: u64) -> u64 {
-        let deadline = Instant::now() + WAIT;
-        while self.drops(name, reason) < n && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        self.drops(name, reason)
-    }
-}
-
-impl Drop for TestSwitch {
-    fn drop(&mut self) {
-        if let Some(sw) = self.sw.take() {
-            sw.shutdown();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A running switch with server-mode VM ports `names` (default settings).
+fn start_switch(names: &[&str]) -> TestSwitch {
+    TestSwitch::start("dl", |dir| SwitchConfig {
+        ports: names
+            .iter()
+            .map(|p| PortConfig::new(dir.join(format!("{p}.sock"))))
+            .collect(),
+        ..SwitchConfig::default()
+    })
 }
 
 fn page_of(gpa: u64) -> u64 {
@@ -223,7 +137,7 @@ fn hex(set: &BTreeSet<u64>) -> Vec<String> {
 /// their memory. A acks LOG_ALL before SET_LOG_BASE, B after (QEMU does both, at device
 /// start and when migration starts). Logs are clean when this returns.
 fn two_logging_ports() -> (TestSwitch, MockFrontend, MockFrontend) {
-    let sw = TestSwitch::start(&["a", "b"]);
+    let sw = start_switch(&["a", "b"]);
     let mut a = sw.connect("a");
     let mut b = sw.connect("b");
     assert_ne!(
@@ -369,7 +283,7 @@ fn dirty_log_stops_when_log_all_is_cleared_and_resumes() {
 
 #[test]
 fn dirty_log_too_small_closes_connection_and_switch_keeps_forwarding() {
-    let sw = TestSwitch::start(&["a", "b", "c"]);
+    let sw = start_switch(&["a", "b", "c"]);
     let mut b = sw.connect("b");
     let mut c = sw.connect("c");
     let mut a = sw.connect("a");

@@ -28,11 +28,11 @@ use vmm_sys_util::event::{
 use vswitch::config::SwitchSettings;
 use vswitch::policy::{PolicyConfig, RateLimit, VlanMode};
 use vswitch::test_utils::{
-    wait_peer_closed, MockError, MockFrontend, MockOptions, RawDesc, TX_QUEUE,
+    wait_peer_closed, MockError, MockFrontend, MockOptions, RawDesc, TestSwitch, TX_QUEUE,
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_LEN,
     VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-use vswitch::{PortConfig, PortStats, Request, Response, Switch, SwitchConfig};
+use vswitch::{PortConfig, PortStats, Request, Response, SwitchConfig};
 
 // ---------------------------------------------------------------------------------------
 // Frames
@@ -622,141 +622,38 @@ fn mock_frontend_connect_times_out_without_socket() {
 // accelnet's switch
 // ---------------------------------------------------------------------------------------
 
-/// A running switch with VM ports in a fresh directory; shut down and removed on drop.
-struct TestSwitch {
-    sw: Option<Switch>,
-    dir: PathBuf,
+/// Starts a switch (MTU 1500) with one port per `(name, policy)`, all in VLAN 1;
+/// port `x` listens on `<dir>/x.sock`.
+fn start_with_policies(ports: &[(&str, PolicyConfig)]) -> TestSwitch {
+    TestSwitch::start("swp", |dir| SwitchConfig {
+        ports: ports
+            .iter()
+            .map(|(name, policy)| PortConfig {
+                policy: policy.clone(),
+                ..PortConfig::new(dir.join(format!("{name}.sock")))
+            })
+            .collect(),
+        ..SwitchConfig::default()
+    })
 }
 
-impl TestSwitch {
-    /// Starts a switch (MTU 1500) with one port per `(name, policy)`, all in VLAN 1;
-    /// port `x` listens on `<dir>/x.sock`.
-    fn start_with_policies(ports: &[(&str, PolicyConfig)]) -> TestSwitch {
-        let dir = fresh_dir("swp");
-        let config = SwitchConfig {
-            ports: ports
-                .iter()
-                .map(|(name, policy)| PortConfig {
-                    policy: policy.clone(),
-                    ..PortConfig::new(dir.join(format!("{name}.sock")))
-                })
-                .collect(),
-            ..SwitchConfig::default()
-        };
-        match Switch::start(config) {
-            Ok(sw) => TestSwitch { sw: Some(sw), dir },
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                panic!("switch start failed: {e:?}");
-            }
-        }
-    }
-
-    /// Starts a switch (MTU 1500) with one vhost-user port per `(name, vlan)`; port `x`
-    /// listens on `<dir>/x.sock`.
-    fn start(ports: &[(&str, u16)]) -> TestSwitch {
-        let dir = fresh_dir("sw");
-        let config = SwitchConfig {
-            switch: SwitchSettings {
-                mtu: 1500,
-                ..SwitchSettings::default()
-            },
-            ports: ports
-                .iter()
-                .map(|(name, vlan)| PortConfig {
-                    vlan: *vlan,
-                    ..PortConfig::new(dir.join(format!("{name}.sock")))
-                })
-                .collect(),
-            uplinks: Vec::new(),
-        };
-        match Switch::start(config) {
-            Ok(sw) => TestSwitch { sw: Some(sw), dir },
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                panic!("switch start failed: {e:?}");
-            }
-        }
-    }
-
-    fn sock(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.sock"))
-    }
-
-    fn connect(&self, name: &str) -> MockFrontend {
-        self.connect_with(name, MockOptions::default())
-    }
-
-    /// Connects a frontend to port `name` and waits until the switch reports the port
-    /// connected (rings attached to the data plane; until then frames to it may drop).
-    fn connect_with(&self, name: &str, opts: MockOptions) -> MockFrontend {
-        let m = MockFrontend::connect(&self.sock(name), opts)
-            .unwrap_or_else(|e| panic!("connect to port {name}: {e:?}"));
-        self.wait_connected(name, true);
-        m
-    }
-
-    fn is_connected(&self, name: &str) -> bool {
-        let sw = self.sw.as_ref().expect("switch running");
-        match sw.handle(&Request::Ports {}) {
-            Response::Ports { ports } => {
-                ports
-                    .iter()
-                    .find(|p| p.name == name)
-                    .unwrap_or_else(|| panic!("no port {name} in {ports:?}"))
-                    .connected
-            }
-            other => panic!("ports request failed: {other:?}"),
-        }
-    }
-
-    /// Waits until port `name` reports `connected == want`.
-    fn wait_connected(&self, name: &str, want: bool) {
-        let deadline = Instant::now() + WAIT;
-        while self.is_connected(name) != want {
-            assert!(
-                Instant::now() < deadline,
-                "port {name} never became connected={want}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn stats(&self, name: &str) -> PortStats {
-        self.sw
-            .as_ref()
-            .and_then(|s| s.port_stats(name))
-            .unwrap_or_else(|| panic!("no stats for port {name}"))
-    }
-
-    /// Polls the port's counters until `pred` holds or [`WAIT`] passes; returns the last.
-    fn wait_stats(&self, name: &str, pred: impl Fn(&PortStats) -> bool) -> PortStats {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let s = self.stats(name);
-            if pred(&s) || Instant::now() > deadline {
-                return s;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits until drop counter `reason` of port `name` reaches `n`; returns its value.
-    fn wait_drops(&self, name: &str, reason: &str, n: u64) -> u64 {
-        self.wait_stats(name, |s| drop_count(s, reason) >= n);
-        // Give a miscounting switch the chance to overshoot before the caller compares.
-        thread::sleep(Duration::from_millis(50));
-        drop_count(&self.stats(name), reason)
-    }
-}
-
-impl Drop for TestSwitch {
-    fn drop(&mut self) {
-        if let Some(sw) = self.sw.take() {
-            sw.shutdown();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Starts a switch (MTU 1500) with one vhost-user port per `(name, vlan)`; port `x`
+/// listens on `<dir>/x.sock`.
+fn start_switch(ports: &[(&str, u16)]) -> TestSwitch {
+    TestSwitch::start("sw", |dir| SwitchConfig {
+        switch: SwitchSettings {
+            mtu: 1500,
+            ..SwitchSettings::default()
+        },
+        ports: ports
+            .iter()
+            .map(|(name, vlan)| PortConfig {
+                vlan: *vlan,
+                ..PortConfig::new(dir.join(format!("{name}.sock")))
+            })
+            .collect(),
+        uplinks: Vec::new(),
+    })
 }
 
 fn drop_count(s: &PortStats, reason: &str) -> u64 {
@@ -788,7 +685,7 @@ fn assert_forwards(from: &mut MockFrontend, to: &mut MockFrontend, src: u8, dst:
 
 #[test]
 fn switch_forwards_unicast_byte_exact() {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1), ("c", 1)]);
+    let sw = start_switch(&[("a", 1), ("b", 1), ("c", 1)]);
     let (mut a, mut b, mut c) = (sw.connect("a"), sw.connect("b"), sw.connect("c"));
 
     // B speaks first so the switch learns where B's MAC lives.
@@ -861,7 +758,7 @@ fn switch_forwards_unicast_byte_exact() {
 
 #[test]
 fn switch_floods_broadcast_and_unknown_unicast() {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1), ("c", 1)]);
+    let sw = start_switch(&[("a", 1), ("b", 1), ("c", 1)]);
     let (mut a, mut b, mut c) = (sw.connect("a"), sw.connect("b"), sw.connect("c"));
     let sent = vec![
         frame(BROADCAST, mac(0xa), 60, 1),
@@ -879,7 +776,7 @@ fn switch_floods_broadcast_and_unknown_unicast() {
 
 #[test]
 fn switch_vlan_isolates_ports() {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1), ("c", 20), ("d", 20)]);
+    let sw = start_switch(&[("a", 1), ("b", 1), ("c", 20), ("d", 20)]);
     let (mut a, mut b) = (sw.connect("a"), sw.connect("b"));
     let (mut c, mut d) = (sw.connect("c"), sw.connect("d"));
 
@@ -925,7 +822,7 @@ fn check_malformed_tx(
     opts: MockOptions,
     bad: impl FnOnce(&mut MockFrontend),
 ) {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1)]);
+    let sw = start_switch(&[("a", 1), ("b", 1)]);
     let mut a = sw.connect_with("a", opts);
     let mut b = sw.connect("b");
     assert_forwards(&mut a, &mut b, 0xa, 0xb, 1);
@@ -1011,7 +908,7 @@ fn switch_drops_oversize_frames() {
 
 #[test]
 fn switch_forwards_frame_of_mtu_plus_18() {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1)]);
+    let sw = start_switch(&[("a", 1), ("b", 1)]);
     let (mut a, mut b) = (sw.connect("a"), sw.connect("b"));
     let f = frame(mac(0xb), mac(0xa), 1518, 1);
     a.send(&f).unwrap();
@@ -1104,7 +1001,7 @@ fn switch_drops_write_only_descriptor_on_tx() {
 /// Ports a, b, c; `a` announces a TX descriptor table at `desc_gpa`. The switch must stop
 /// a's queue and count `reasons` (any of them) on a, while b and c keep forwarding.
 fn check_bad_ring(desc_gpa: impl Fn(&MockOptions) -> u64, reasons: &[&str]) {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1), ("c", 1)]);
+    let sw = start_switch(&[("a", 1), ("b", 1), ("c", 1)]);
     let mut b = sw.connect("b");
     let mut c = sw.connect("c");
     let mut opts = MockOptions::default();
@@ -1164,7 +1061,7 @@ fn switch_survives_ring_address_outside_memory() {
 
 #[test]
 fn switch_closes_connection_on_garbage_and_accepts_a_new_one() {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1)]);
+    let sw = start_switch(&[("a", 1), ("b", 1)]);
     let mut b = sw.connect("b");
 
     let mut raw = MockFrontend::raw(&sw.sock("a")).unwrap();
@@ -1193,7 +1090,7 @@ fn switch_closes_connection_on_garbage_and_accepts_a_new_one() {
 
 #[test]
 fn switch_closes_live_connection_on_garbage_and_accepts_reconnect() {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1)]);
+    let sw = start_switch(&[("a", 1), ("b", 1)]);
     let mut b = sw.connect("b");
     let mut a = sw.connect("a");
     assert_forwards(&mut a, &mut b, 0xa, 0xb, 1);
@@ -1221,7 +1118,7 @@ fn switch_closes_live_connection_on_garbage_and_accepts_reconnect() {
 
 #[test]
 fn switch_rx_no_buffer_counts_drop() {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1), ("c", 1)]);
+    let sw = start_switch(&[("a", 1), ("b", 1), ("c", 1)]);
     let mut a = sw.connect("a");
     let mut b = sw.connect_with(
         "b",
@@ -1251,7 +1148,7 @@ fn switch_rx_no_buffer_counts_drop() {
 
 #[test]
 fn switch_merges_rx_buffers_for_large_frames() {
-    let sw = TestSwitch::start(&[("a", 1), ("b", 1)]);
+    let sw = start_switch(&[("a", 1), ("b", 1)]);
     let mut a = sw.connect("a");
     let mut b = sw.connect_with(
         "b",
@@ -1290,8 +1187,8 @@ fn switch_merges_rx_buffers_for_large_frames() {
 #[test]
 fn switch_adds_and_removes_ports_at_run_time() {
     use vswitch::switch::PortChangeError;
-    let ts = TestSwitch::start(&[("a", 1)]);
-    let sw = ts.sw.as_ref().expect("switch running");
+    let ts = start_switch(&[("a", 1)]);
+    let sw = ts.switch();
     let b_sock = ts.sock("b");
     let info = sw
         .add_port(&PortConfig {
@@ -1336,12 +1233,12 @@ fn switch_adds_and_removes_ports_at_run_time() {
         matches!(bad_queues, Err(PortChangeError::Config(_))),
         "{bad_queues:?}"
     );
-    let no_dir = sw.add_port(&PortConfig::new(ts.dir.join("missing/c.sock")));
+    let no_dir = sw.add_port(&PortConfig::new(ts.dir().join("missing/c.sock")));
     assert!(
         matches!(no_dir, Err(PortChangeError::Port(_))),
         "{no_dir:?}"
     );
-    let not_socket = ts.dir.join("plain-file");
+    let not_socket = ts.dir().join("plain-file");
     std::fs::write(&not_socket, b"x").expect("write file");
     let r = sw.add_port(&PortConfig::new(&not_socket));
     assert!(matches!(r, Err(PortChangeError::Port(_))), "{r:?}");
@@ -1377,7 +1274,7 @@ fn switch_adds_and_removes_ports_at_run_time() {
 
 #[test]
 fn switch_follows_the_connection_whose_rings_started_last() {
-    let ts = TestSwitch::start(&[("a", 1), ("b", 1)]);
+    let ts = start_switch(&[("a", 1), ("b", 1)]);
     let mut src = ts.connect("a");
     let mut b = ts.connect("b");
     assert_forwards(&mut b, &mut src, 2, 1, 1);
@@ -1457,7 +1354,7 @@ fn recv_any(m: &mut MockFrontend) -> Vec<Vec<u8>> {
 
 #[test]
 fn switch_stops_a_spoofing_guest_and_spares_its_neighbours() {
-    let ts = TestSwitch::start_with_policies(&[
+    let ts = start_with_policies(&[
         ("a", allow_only(1)),
         ("b", PolicyConfig::default()),
         ("c", PolicyConfig::default()),
@@ -1479,7 +1376,7 @@ fn switch_stops_a_spoofing_guest_and_spares_its_neighbours() {
     assert_eq!(ts.wait_drops("a", "spoofed_source", 20), 20);
     assert!(recv_quiet(&mut b).is_empty(), "b got a spoofed frame");
     assert!(recv_quiet(&mut c).is_empty(), "c got a spoofed frame");
-    let fdb = match ts.sw.as_ref().expect("switch").handle(&Request::Fdb {}) {
+    let fdb = match ts.switch().handle(&Request::Fdb {}) {
         Response::Fdb { entries } => entries,
         other => panic!("{other:?}"),
     };
@@ -1517,7 +1414,7 @@ fn switch_rate_limits_ingress_and_egress_with_token_buckets() {
             ..RateLimit::default()
         })
     };
-    let ts = TestSwitch::start_with_policies(&[
+    let ts = start_with_policies(&[
         (
             "a",
             PolicyConfig {
@@ -1571,12 +1468,6 @@ fn switch_rate_limits_ingress_and_egress_with_token_buckets() {
 
 #[test]
 fn switch_trunk_port_carries_its_vlans_tagged() {
-    let dir = fresh_dir("trunk");
-    let port = |name: &str, vlan: u16, policy: PolicyConfig| PortConfig {
-        vlan,
-        policy,
-        ..PortConfig::new(dir.join(format!("{name}.sock")))
-    };
     let trunk = PolicyConfig {
         vlan_mode: Some(VlanMode::Trunk {
             vlans: vec![10, 20],
@@ -1584,17 +1475,22 @@ fn switch_trunk_port_carries_its_vlans_tagged() {
         }),
         ..PolicyConfig::default()
     };
-    let sw = Switch::start(SwitchConfig {
-        ports: vec![
-            port("t", 1, trunk),
-            port("a", 10, PolicyConfig::default()),
-            port("b", 20, PolicyConfig::default()),
-            port("d", 30, PolicyConfig::default()),
-        ],
-        ..SwitchConfig::default()
-    })
-    .expect("switch");
-    let ts = TestSwitch { sw: Some(sw), dir };
+    let ts = TestSwitch::start("trunk", |dir| {
+        let port = |name: &str, vlan: u16, policy: PolicyConfig| PortConfig {
+            vlan,
+            policy,
+            ..PortConfig::new(dir.join(format!("{name}.sock")))
+        };
+        SwitchConfig {
+            ports: vec![
+                port("t", 1, trunk),
+                port("a", 10, PolicyConfig::default()),
+                port("b", 20, PolicyConfig::default()),
+                port("d", 30, PolicyConfig::default()),
+            ],
+            ..SwitchConfig::default()
+        }
+    });
     let (mut t, mut a, mut b, mut d) = (
         ts.connect("t"),
         ts.connect("a"),
@@ -1636,7 +1532,7 @@ fn switch_trunk_port_carries_its_vlans_tagged() {
 
 #[test]
 fn switch_limits_learned_addresses_per_port() {
-    let ts = TestSwitch::start_with_policies(&[
+    let ts = start_with_policies(&[
         (
             "a",
             PolicyConfig {
@@ -1660,8 +1556,8 @@ fn switch_limits_learned_addresses_per_port() {
 
 #[test]
 fn switch_changes_policy_at_run_time_and_refuses_bad_values() {
-    let ts = TestSwitch::start(&[("a", 1), ("b", 1)]);
-    let sw = ts.sw.as_ref().expect("switch");
+    let ts = start_switch(&[("a", 1), ("b", 1)]);
+    let sw = ts.switch();
     let mut a = ts.connect("a");
     let mut b = ts.connect("b");
     assert_forwards(&mut a, &mut b, 9, 2, 1);
@@ -1710,7 +1606,7 @@ fn switch_changes_policy_at_run_time_and_refuses_bad_values() {
 
 #[test]
 fn switch_refuses_features_it_did_not_offer_and_keeps_other_ports() {
-    let ts = TestSwitch::start(&[("a", 1), ("b", 1), ("c", 1)]);
+    let ts = start_switch(&[("a", 1), ("b", 1), ("c", 1)]);
     let mut b = ts.connect("b");
     let mut c = ts.connect("c");
     let mut a = ts.connect("a");
@@ -1741,7 +1637,7 @@ fn switch_applies_a_guests_receive_filter() {
         }),
         ..PolicyConfig::default()
     };
-    let ts = TestSwitch::start_with_policies(&[("a", PolicyConfig::default()), ("b", filter)]);
+    let ts = start_with_policies(&[("a", PolicyConfig::default()), ("b", filter)]);
     let mut a = ts.connect("a");
     let mut b = ts.connect("b");
     // Unknown unicast floods, but b's filter only takes its own address and broadcast.

@@ -14,8 +14,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod configure;
 pub mod errors;
 pub mod host;
+pub mod netlink;
+pub mod pciconfig;
+pub mod pool;
+pub mod prereq;
 pub mod sysfs;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;

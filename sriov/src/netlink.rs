@@ -1,0 +1,1 @@
+//! rtnetlink access to per-VF settings (read and write, with read-back).

@@ -1,0 +1,1 @@
+//! PCI configuration space parsing (capabilities: SR-IOV, ACS, PCIe).

@@ -1,0 +1,1 @@
+//! The VF pool: durable VF ownership, allocation, release with reset, reclaim.

@@ -1,0 +1,1 @@
+//! Prerequisite checks for accelerated networking on a Linux node.

@@ -92,18 +92,27 @@ pub struct VirtFunction {
 }
 
 /// Per-VF settings kept by the PF driver. On Linux they are read from the PF's
-/// rtnetlink link message (`IFLA_VFINFO_LIST`); sysfs has no portable equivalent.
-/// Every field is `None` when no [`VfInfoSource`] provided it.
+/// rtnetlink link message (`IFLA_VFINFO_LIST`, see [`crate::netlink::Netlink`]);
+/// sysfs has no portable equivalent.
+/// Every field is `None` when no [`VfInfoSource`] provided it, or when the driver
+/// does not report it (e.g. spoof check or trust on drivers without them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VfInfo {
-    /// Administrative MAC address, lowercase and colon-separated.
+    /// Administrative MAC address, lowercase and colon-separated
+    /// (`00:00:00:00:00:00` = none set; see [`crate::mac::MacAddr`]).
     pub mac: Option<String>,
     /// VLAN id the PF tags the VF's traffic with (0 = none).
     pub vlan: Option<u16>,
+    /// 802.1p priority of that VLAN tag (`qos` of `IFLA_VF_VLAN`, 0-7).
+    pub qos: Option<u32>,
     /// Whether MAC spoof checking is on.
     pub spoof_check: Option<bool>,
     /// Whether the VF is trusted.
     pub trust: Option<bool>,
+    /// Maximum transmit rate in Mbit/s (`IFLA_VF_RATE`; 0 = unlimited).
+    pub max_tx_rate: Option<u32>,
+    /// Guaranteed minimum transmit rate in Mbit/s (`IFLA_VF_RATE`; 0 = none).
+    pub min_tx_rate: Option<u32>,
     /// Administrative link state.
     pub link_state: Option<VfLinkState>,
 }
@@ -123,9 +132,9 @@ pub enum VfLinkState {
 /// Where per-VF settings ([`VfInfo`]) come from.
 ///
 /// Discovery calls [`vf_infos`](VfInfoSource::vf_infos) once per PF. The real source is
-/// rtnetlink (an `RTM_GETLINK` on the PF's netdev with `IFLA_EXT_MASK =
-/// RTEXT_FILTER_VF`, decoding `IFLA_VFINFO_LIST`); that implementation comes next.
-/// Until then [`NoVfInfo`] leaves every field unknown.
+/// rtnetlink, [`crate::netlink::Netlink`] (an `RTM_GETLINK` on the PF's first netdev
+/// with `IFLA_EXT_MASK = RTEXT_FILTER_VF`, decoding `IFLA_VFINFO_LIST`); a PF without
+/// a netdev gets an empty map. [`NoVfInfo`] leaves every field unknown (sysfs only).
 pub trait VfInfoSource {
     /// Settings of the VFs of the PF at `pf_address` whose netdevs are `pf_netdevs`
     /// (possibly empty), keyed by VF index. VFs missing from the map stay unknown.

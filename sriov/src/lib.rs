@@ -17,6 +17,7 @@
 pub mod configure;
 pub mod errors;
 pub mod host;
+pub mod mac;
 pub mod netlink;
 pub mod pciconfig;
 pub mod pool;

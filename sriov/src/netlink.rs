@@ -515,15 +515,18 @@ impl Netlink {
 
     /// The settings of every VF of the PF `ifname`, keyed by VF index. A device
     /// without VFs (or whose driver does not report them) gives an empty map.
-    /// Values the driver does not report are `None`.
+    /// Values the driver does not report are `None`. Asks the kernel to leave out
+    /// the per-VF counters (`RTEXT_FILTER_SKIP_STATS`), which keeps the reply small.
     pub fn vf_infos(&self, ifname: &str) -> Result<BTreeMap<u32, VfInfo>, NetlinkError> {
         check_ifname(ifname)?;
         let action = "reading the VF settings".to_string();
         let mut msg = LinkMessage::default();
         msg.attributes
             .push(LinkAttribute::IfName(ifname.to_string()));
-        msg.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::Vf]));
+        msg.attributes.push(LinkAttribute::ExtMask(vec![
+            LinkExtentMask::Vf,
+            LinkExtentMask::SkipStats,
+        ]));
         let replies = self.transact(ifname, None, &action, RouteNetlinkMessage::GetLink(msg), 0)?;
         let mut out = BTreeMap::new();
         for payload in &replies {

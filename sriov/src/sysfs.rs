@@ -118,6 +118,19 @@ pub fn discover_with(root: &SysfsRoot, info: &dyn VfInfoSource) -> Result<Host, 
     Ok(Host { pfs })
 }
 
+/// The SR-IOV physical function at `address`, `None` when there is no such device or
+/// it is not a PF. Per-VF settings are left unknown.
+pub fn physical_function(
+    root: &SysfsRoot,
+    address: &str,
+) -> Result<Option<PhysFunction>, SriovError> {
+    let dev = root.pci_device(address);
+    if !exists(&dev.join("sriov_totalvfs"))? {
+        return Ok(None);
+    }
+    read_pf(address, &dev, &root.pci_devices()).map(Some)
+}
+
 fn read_pf(address: &str, dev: &Path, devices: &Path) -> Result<PhysFunction, SriovError> {
     let numvfs_path = dev.join("sriov_numvfs");
     let numvfs_mode = fs::metadata(&numvfs_path)
@@ -613,6 +626,7 @@ mod tests {
                             spoof_check: Some(true),
                             trust: Some(false),
                             link_state: Some(VfLinkState::Auto),
+                            ..Default::default()
                         },
                     );
                 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod pool_cmd;
 mod sriov_cmd;
 mod switch_cmd;
 mod table;

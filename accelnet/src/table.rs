@@ -25,6 +25,12 @@ impl Table {
         }
     }
 
+    /// Adds a column at the right; call before adding rows.
+    pub fn column(&mut self, header: &'static str, align: Align) {
+        debug_assert!(self.rows.is_empty());
+        self.columns.push((header, align));
+    }
+
     /// Adds a row; it must have one cell per column.
     pub fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.columns.len());

@@ -201,6 +201,86 @@ impl Lab {
         &self.initrd
     }
 
+    /// Makes this lab's guests boot with `bins` (host executables, e.g. the accelnet
+    /// binary) in their initramfs, at the same paths, with every shared library `ldd`
+    /// lists; debug info is stripped to keep guest RAM free. The shared guest image is
+    /// not touched: the kernel unpacks concatenated archives, so the extra files go into
+    /// a second gzip'd newc archive appended to a copy of it in the run dir.
+    pub fn add_binaries(&mut self, bins: &[&Path]) -> Result<()> {
+        let stage = self.run_dir.join("initrd-extra");
+        let _ = fs::remove_dir_all(&stage);
+        let mut files: Vec<PathBuf> = Vec::new();
+        for bin in bins {
+            let out = run_cmd(&["ldd", &bin.to_string_lossy()], Duration::from_secs(10))?;
+            if !out.success() && !out.output.contains("not a dynamic executable") {
+                return Err(LabError(format!("ldd {}: {}", bin.display(), out.output)));
+            }
+            for line in out.output.lines() {
+                let lib = match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    [_, "=>", path, ..] if path.starts_with('/') => path,
+                    [path, ..] if path.starts_with('/') => path,
+                    _ => continue,
+                };
+                files.push(PathBuf::from(lib));
+            }
+            files.push(bin.to_path_buf());
+        }
+        for f in &files {
+            let rel = f.strip_prefix("/").unwrap_or(f);
+            let dst = stage.join(rel);
+            if let Some(parent) = dst.parent() {
+                fs::create_dir_all(parent)
+                    .map_err(|e| LabError(format!("create {}: {e}", parent.display())))?;
+            }
+            fs::copy(f, &dst)
+                .map_err(|e| LabError(format!("copy {} into the initramfs: {e}", f.display())))?;
+            if bins.iter().any(|b| *b == f.as_path()) {
+                let out = run_cmd(
+                    &["strip", "--strip-debug", &dst.to_string_lossy()],
+                    Duration::from_secs(60),
+                )?;
+                if !out.success() {
+                    return Err(LabError(format!("strip {}: {}", dst.display(), out.output)));
+                }
+            }
+        }
+        let extra = self.run_dir.join("extra.cpio.gz");
+        // Parents before children (find's order), so each directory entry exists first.
+        let script = format!(
+            "cd '{}' && find . -mindepth 1 | cpio -o -H newc --quiet -R 0:0 | gzip -1 > '{}'",
+            stage.display(),
+            extra.display()
+        );
+        let out = run_cmd(&["sh", "-c", &script], Duration::from_secs(120))?;
+        if !out.success() {
+            return Err(LabError(format!(
+                "build {}: {}",
+                extra.display(),
+                out.output
+            )));
+        }
+        let combined = self.run_dir.join("initramfs-extra.cpio.gz");
+        let mut data = fs::read(&self.initrd)
+            .map_err(|e| LabError(format!("read {}: {e}", self.initrd.display())))?;
+        data.extend(
+            fs::read(&extra).map_err(|e| LabError(format!("read {}: {e}", extra.display())))?,
+        );
+        fs::write(&combined, data)
+            .map_err(|e| LabError(format!("write {}: {e}", combined.display())))?;
+        let _ = fs::remove_dir_all(&stage);
+        log(format!(
+            "lab {}: guests boot {} (+ {})",
+            self.name,
+            combined.display(),
+            bins.iter()
+                .map(|b| b.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.initrd = combined;
+        Ok(())
+    }
+
     /// Scratch directory for sockets; removed when the `Lab` is dropped.
     pub fn run_dir(&self) -> &Path {
         &self.run_dir

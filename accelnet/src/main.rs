@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster_cmd;
 mod pool_cmd;
 mod sriov_cmd;
 mod switch_cmd;
@@ -21,8 +22,10 @@ struct Cli {
 enum Command {
     /// Run or query the vhost-user-net software switch.
     Switch(switch_cmd::SwitchArgs),
-    /// Inspect the host's SR-IOV physical and virtual functions.
+    /// Inspect and configure the host's SR-IOV physical and virtual functions.
     Sriov(sriov_cmd::SriovArgs),
+    /// Cluster-wide checks and settings (prerequisites).
+    Cluster(cluster_cmd::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,5 +45,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Switch(args) => switch_cmd::run(args),
         Command::Sriov(args) => sriov_cmd::run(args),
+        Command::Cluster(args) => cluster_cmd::run(args),
     }
 }

@@ -127,6 +127,7 @@ fn errno_name(e: &io::Error) -> String {
         Some(libc::ENOMEM) => "ENOMEM",
         Some(libc::ENODEV) => "ENODEV",
         Some(libc::ENOSPC) => "ENOSPC",
+        Some(libc::EISDIR) => "EISDIR",
         Some(libc::EEXIST) => "EEXIST",
         Some(libc::EIO) => "EIO",
         Some(libc::ENOSYS) => "ENOSYS",
@@ -455,6 +456,19 @@ fn restore_binding(root: &SysfsRoot, before: &Binding) {
         return;
     }
     let over = before.driver_override.clone().unwrap_or_default();
+    if now.driver == before.driver {
+        // Only the override changed: put it back, no need to unbind.
+        let path = root.pci_device(&before.address).join("driver_override");
+        if let Err(e) = write_attr(
+            &path,
+            &before.address,
+            "driver_override",
+            &format!("{over}\n"),
+        ) {
+            log::warn!("{}: could not restore driver_override: {e}", before.address);
+        }
+        return;
+    }
     if let Err(e) = rebind(root, &before.address, now.driver.as_deref(), &over) {
         log::warn!(
             "{}: could not give it back to {}: {e}",
@@ -542,19 +556,27 @@ mod tests {
         assert_eq!(numvfs.trim(), "1");
     }
 
-    /// `/dev/full` refuses every write with ENOSPC: the error names device, file,
-    /// value and errno.
+    /// A write the kernel refuses: here a bus file that is a directory (`EISDIR`),
+    /// standing in for EBUSY/EINVAL/EPERM. The error names device, file, value and
+    /// errno, and the override written before it is taken back.
     #[test]
-    fn a_refused_write_names_device_value_and_errno() {
+    fn a_refused_write_names_device_value_and_errno_and_is_rolled_back() {
         let fake = host();
-        fake.link_attr("0000:01:00.0", "sriov_numvfs", "/dev/full");
-        let e = set_num_vfs(&fake.root(), "0000:01:00.0", 0).expect_err("refused");
+        fs::create_dir_all(fake.path().join("sys/bus/pci/drivers/vfio-pci")).expect("mkdir");
+        fs::create_dir_all(fake.path().join("sys/bus/pci/drivers/ixgbevf/unbind")).expect("mkdir");
+        fs::write(fake.path().join("sys/bus/pci/drivers_probe"), "").expect("w");
+        let e = bind_vfio(&fake.root(), "0000:01:10.0").expect_err("refused");
         let msg = e.to_string();
         assert!(
-            msg.starts_with("0000:01:00.0: writing \"0\" to sriov_numvfs failed: "),
+            msg.starts_with(
+                "0000:01:10.0: writing \"0000:01:10.0\" to /sys/bus/pci/drivers/ixgbevf/unbind failed: "
+            ),
             "{msg}"
         );
-        assert!(msg.contains("ENOSPC"), "{msg}");
+        assert!(msg.contains("EISDIR"), "{msg}");
+        assert!(e.seed().is_none());
+        let b = binding(&fake.root(), "0000:01:10.0").expect("binding");
+        assert_eq!(b.driver_override, None, "override taken back");
     }
 
     #[test]
@@ -562,6 +584,22 @@ mod tests {
         let e = io::Error::from_raw_os_error(libc::EBUSY);
         assert_eq!(errno_name(&e), "EBUSY");
         assert_eq!(errno_text(&e), "Device or resource busy");
+        // What sriov_numvfs_store / sriov_enable return for the seed's cases.
+        let enoent = ConfigError::Write {
+            device: "0000:01:00.0".into(),
+            attribute: "sriov_numvfs".into(),
+            value: "4".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+            seed: Some(Box::new(SeedError::new(
+                ErrorId::SriovSupportMissingPfDriver,
+                "0000:01:00.0",
+            ))),
+        };
+        let msg = enoent.to_string();
+        assert!(
+            msg.ends_with("(ENOENT) [Sriov_support_MissingPfDriver]"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -437,6 +437,26 @@ impl Field {
 /// Compares what `change` set with what the kernel reports (`got`). A value the
 /// kernel does not report cannot be verified and is accepted (the write itself
 /// succeeded). Returns the first mismatch as `(field, wanted, got)`.
+/// Whether `got` already reports every value `change` sets (strictly: an unreported
+/// value is not satisfied). Such a part is not sent, so a reset to values a VF already
+/// has works on drivers that lack the setting (igb has no forced link state, so
+/// "link state auto" must not be sent to it).
+fn satisfied(change: &VfChange, got: &VfInfo) -> bool {
+    fn same<T: PartialEq>(wanted: Option<T>, got: Option<T>) -> bool {
+        wanted.is_none() || (got.is_some() && wanted == got)
+    }
+    let got_mac = got.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok());
+    let qos = change.qos.or(change.vlan.map(|_| 0));
+    same(change.mac, got_mac)
+        && same(change.vlan, got.vlan)
+        && same(qos, got.qos)
+        && same(change.spoof_check, got.spoof_check)
+        && same(change.trust, got.trust)
+        && same(change.max_tx_rate, got.max_tx_rate)
+        && same(change.min_tx_rate, got.min_tx_rate)
+        && same(change.link_state, got.link_state)
+}
+
 fn mismatch(change: &VfChange, got: &VfInfo) -> Option<(&'static str, String, String)> {
     fn cmp<T: PartialEq + fmt::Display>(
         field: &'static str,
@@ -668,7 +688,7 @@ impl Netlink {
         let mut done: Vec<Field> = Vec::new();
         for field in FIELDS {
             let part = field.part(change);
-            if part.is_empty() {
+            if part.is_empty() || satisfied(&part, &before) {
                 continue;
             }
             if let Err(e) = self.set_vf(ifname, vf, &part) {
@@ -1358,6 +1378,49 @@ mod tests {
             Some("MAC"),
             "a MAC that did not stick"
         );
+    }
+
+    #[test]
+    fn test_satisfied_needs_every_value_reported_and_equal() {
+        let info = VfInfo {
+            mac: Some("00:00:00:00:00:00".into()),
+            vlan: Some(0),
+            qos: Some(0),
+            spoof_check: Some(true),
+            trust: Some(false),
+            max_tx_rate: Some(0),
+            min_tx_rate: Some(0),
+            link_state: Some(VfLinkState::Auto),
+        };
+        assert!(satisfied(&VfChange::reset(), &info));
+        let link = VfChange {
+            link_state: Some(VfLinkState::Auto),
+            ..VfChange::default()
+        };
+        assert!(satisfied(&link, &info));
+        let enable = VfChange {
+            link_state: Some(VfLinkState::Enable),
+            ..VfChange::default()
+        };
+        assert!(!satisfied(&enable, &info));
+        // Unreported: must be sent.
+        let unknown = VfInfo {
+            trust: None,
+            ..info.clone()
+        };
+        assert!(!satisfied(&VfChange::reset(), &unknown));
+        // A VLAN without qos means qos 0.
+        let vlan = VfChange {
+            vlan: Some(0),
+            ..VfChange::default()
+        };
+        assert!(!satisfied(
+            &vlan,
+            &VfInfo {
+                qos: Some(3),
+                ..info
+            }
+        ));
     }
 
     #[test]

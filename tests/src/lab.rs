@@ -234,7 +234,7 @@ impl Lab {
             }
             fs::copy(f, &dst)
                 .map_err(|e| LabError(format!("copy {} into the initramfs: {e}", f.display())))?;
-            if bins.iter().any(|b| *b == f.as_path()) {
+            if bins.contains(&f.as_path()) {
                 let out = run_cmd(
                     &["strip", "--strip-debug", &dst.to_string_lossy()],
                     Duration::from_secs(60),

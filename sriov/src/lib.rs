@@ -3,14 +3,21 @@
 //!
 //! This crate is a leaf: it knows nothing of VMs or the switch.
 //!
-//! Discovery: [`sysfs::discover`] reads the PFs and VFs under a [`sysfs::SysfsRoot`]
-//! into a [`host::Host`]. Per-VF settings (MAC, VLAN, spoof check, trust, link state)
-//! come from a [`host::VfInfoSource`]; the rtnetlink source is not written yet, so
-//! they are unknown (`None`) for now. Feature `test-utils` adds `test_utils::FakeSysfs`,
-//! a fake sysfs tree for tests.
+//! * Discovery: [`sysfs::discover`] reads the PFs and VFs under a [`sysfs::SysfsRoot`]
+//!   into a [`host::Host`]; [`sysfs::discover_with`] adds per-VF settings (MAC, VLAN,
+//!   spoof check, trust, rates, link state) from a [`host::VfInfoSource`], normally
+//!   [`netlink::Netlink`].
+//! * Configuration: [`configure`] sets the VF count and binds VFs to vfio-pci and back
+//!   through sysfs; [`netlink::Netlink::apply_vf`] sets VF settings through rtnetlink.
+//!   Both read the result back and roll back a change that failed half-way.
+//! * [`prereq`]: the node's prerequisite checks, each failure with its seed error id;
+//!   [`pciconfig`] parses the PCI config space they need (SR-IOV, ACS capabilities).
+//! * [`pool`]: the VF pool, durable ownership with locking and crash repair.
+//! * [`errors`]: the seed's error catalogue (ids, messages, Linux hints); [`tiers`]: the
+//!   performance tiers, their vCPU minimums and queue pairs; [`mac`]: MAC addresses.
 //!
-//! [`errors`] is the seed's error catalogue (ids, messages, Linux hints);
-//! [`tiers`] the performance tiers, their vCPU minimums and queue pairs.
+//! Feature `test-utils` adds `test_utils::FakeSysfs`, a fake sysfs (and procfs) tree
+//! for tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -756,8 +756,10 @@ impl VfPool {
         }
     }
 
-    /// Reserves a VF, runs `configure` on it, then commits, or aborts (reset and
-    /// free) when `configure` fails.
+    /// Reserves a VF, resets it, runs `configure` on it, then commits, or aborts
+    /// (reset and free) when the reset or `configure` fails. The reset first makes
+    /// the VM start from the clean state even for a VF that [`VfPool::sync`] found
+    /// with settings made before the pool knew it (a VLAN, a MAC, trust).
     pub fn allocate<E: fmt::Display>(
         &self,
         owner: &Owner,
@@ -765,7 +767,12 @@ impl VfPool {
         configure: impl FnOnce(&PoolVf) -> Result<(), E>,
     ) -> Result<PoolVf, PoolError> {
         let vf = self.reserve(owner, want)?;
-        match configure(&vf) {
+        let configured = self
+            .reset
+            .reset(&vf)
+            .map_err(|e| format!("resetting it first: {e}"))
+            .and_then(|()| configure(&vf).map_err(|e| e.to_string()));
+        match configured {
             Ok(()) => {
                 self.commit(&vf.vf, owner)?;
                 Ok(vf)
@@ -779,7 +786,7 @@ impl VfPool {
                 Err(PoolError::Configure {
                     vf: vf.vf,
                     vm: owner.vm.clone(),
-                    message: e.to_string(),
+                    message: e,
                     undo,
                 })
             }
@@ -1178,6 +1185,11 @@ mod tests {
             self.calls.lock().expect("lock").clone()
         }
 
+        /// Forgets the calls so far (e.g. the reset every allocation starts with).
+        fn clear(&self) {
+            self.calls.lock().expect("lock").clear();
+        }
+
         fn fail(&self, vf: &str, on: bool) {
             let mut f = self.failing.lock().expect("lock");
             if on {
@@ -1317,7 +1329,8 @@ mod tests {
         assert!(
             matches!(state_of(&pool, &b.vf), VfState::Allocated { owner, .. } if owner.vm == "vm2")
         );
-        assert!(reset.calls().is_empty());
+        // Each allocation starts from a reset VF.
+        assert_eq!(reset.calls(), vec![a.vf.clone(), b.vf.clone()]);
     }
 
     #[test]
@@ -1422,6 +1435,8 @@ mod tests {
                 Ok::<_, String>(())
             })
             .expect("allocate");
+        assert_eq!(reset.calls(), vec![vf.vf.clone()]);
+        reset.clear();
         let err = pool.release(&vf.vf, Some("vm2")).expect_err("wrong owner");
         assert!(matches!(err, PoolError::NotOwner { .. }));
         assert!(err.to_string().contains("vm1"), "{err}");
@@ -1481,7 +1496,8 @@ mod tests {
         let repaired = pool.repair().expect("repair");
         assert_eq!(repaired[0].outcome, Outcome::Freed);
         assert_eq!(state_of(&pool, &vf.vf), VfState::Free);
-        assert_eq!(reset.calls().len(), 3);
+        // Allocation's reset, the release's, two repairs.
+        assert_eq!(reset.calls().len(), 4);
     }
 
     #[test]
@@ -1499,8 +1515,36 @@ mod tests {
             text.contains("cannot set MAC") && text.contains("freed"),
             "{text}"
         );
-        assert_eq!(reset.calls(), vec![vf_addr(0, 0)]);
+        // The reset before configuring, and the abort's.
+        assert_eq!(reset.calls(), vec![vf_addr(0, 0), vf_addr(0, 0)]);
         assert_eq!(state_of(&pool, &vf_addr(0, 0)), VfState::Free);
+    }
+
+    #[test]
+    fn test_allocation_whose_first_reset_fails_quarantines_and_tries_another() {
+        let (_dir, reset, pool) = pool_with(&[2]);
+        reset.fail(&vf_addr(0, 0), true);
+        let err = pool
+            .allocate(&Owner::vm("vm1"), &Select::default(), |_| {
+                Ok::<_, String>(())
+            })
+            .expect_err("reset fails");
+        let text = err.to_string();
+        assert!(
+            text.contains("resetting it first") && text.contains("EBUSY"),
+            "{text}"
+        );
+        assert!(matches!(
+            state_of(&pool, &vf_addr(0, 0)),
+            VfState::Quarantined { .. }
+        ));
+        // The next allocation takes the other VF.
+        let vf = pool
+            .allocate(&Owner::vm("vm1"), &Select::default(), |_| {
+                Ok::<_, String>(())
+            })
+            .expect("second VF");
+        assert_eq!(vf.vf, vf_addr(0, 1));
     }
 
     #[test]
@@ -1599,6 +1643,7 @@ mod tests {
                 .expect("allocate");
             vfs.insert(o.vm.clone(), vf.vf);
         }
+        reset.clear();
         assert!(pool.reclaim_dead().expect("reclaim").is_empty());
         // Pid 200 now runs something else (another start time); pid 300 is gone.
         fake_stat(proc_root, 200, 'S', 6001);
@@ -1716,6 +1761,7 @@ mod tests {
                 |_| Ok::<_, String>(()),
             )
             .expect("allocate");
+        reset.clear();
         // The PF now has one VF: VF 1 (free) and VF 2 (owned) vanished.
         let (_fake, smaller) = fake_host(&[1]);
         let report = pool.sync(&smaller).expect("sync");

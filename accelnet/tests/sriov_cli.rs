@@ -171,3 +171,229 @@ fn sriov_help_lists_list() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("list"), "{}", stdout(&o));
 }
+
+// --- sriov numvfs, vf, bind-vfio on fake trees -------------------------------
+
+fn sriov(fake: &FakeSysfs, args: &[&str]) -> std::process::Output {
+    let root = path_str(fake);
+    let mut all = vec!["sriov", args[0], "--sysfs-root", root.as_str()];
+    all.extend_from_slice(&args[1..]);
+    accelnet(&all)
+}
+
+fn numvfs_file(fake: &FakeSysfs, pf: &str) -> String {
+    std::fs::read_to_string(fake.device_dir(pf).join("sriov_numvfs"))
+        .expect("sriov_numvfs is readable")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn sriov_numvfs_above_total_is_refused() {
+    let fake = fake_host();
+
+    let o = sriov(&fake, &["numvfs", "0000:3b:00.0", "99"]);
+
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("PF 0000:3b:00.0: cannot enable 99 VFs, the device supports at most 8"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(numvfs_file(&fake, "0000:3b:00.0"), "2");
+}
+
+#[test]
+fn sriov_numvfs_on_a_non_pf_or_unknown_address_fails() {
+    let fake = fake_host();
+
+    let plain = sriov(&fake, &["numvfs", "0000:00:03.0", "1"]);
+    let unknown = sriov(&fake, &["numvfs", "0000:99:00.0", "1"]);
+    let vf = sriov(&fake, &["numvfs", "0000:3b:10.0", "1"]);
+
+    assert_eq!(plain.status.code(), Some(1));
+    assert!(
+        stderr(&plain).contains("0000:00:03.0 is not an SR-IOV physical function"),
+        "{}",
+        stderr(&plain)
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("no PCI device 0000:99:00.0 in "),
+        "{}",
+        stderr(&unknown)
+    );
+    assert_eq!(vf.status.code(), Some(1));
+    assert!(
+        stderr(&vf).contains("0000:3b:10.0 is not an SR-IOV physical function"),
+        "{}",
+        stderr(&vf)
+    );
+}
+
+/// No kernel behind a fake tree: the write lands in the file, no VF appears, the
+/// command says so and puts the old count back.
+#[test]
+fn sriov_numvfs_without_effect_is_reported_and_rolled_back() {
+    let fake = fake_host();
+
+    let o = sriov(&fake, &["numvfs", "0000:3b:00.0", "3"]);
+
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("0000:3b:00.0"), "{err}");
+    assert!(err.contains("should be 3 after the change"), "{err}");
+    assert_eq!(numvfs_file(&fake, "0000:3b:00.0"), "2", "restored");
+    assert_eq!(stdout(&o), "");
+}
+
+#[test]
+fn sriov_numvfs_to_the_current_count_prints_the_pf() {
+    let fake = fake_host();
+
+    let o = sriov(&fake, &["numvfs", "0000:3b:00.0", "2"]);
+
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "0000:3b:00.0: 2 of 8 VFs enabled\n  \
+         vf 0 0000:3b:10.0 driver ixgbevf\n  \
+         vf 1 0000:3b:10.2 driver vfio-pci\n"
+    );
+}
+
+#[test]
+fn sriov_vf_vlan_out_of_range_is_a_usage_error() {
+    let fake = fake_host();
+
+    let o = sriov(&fake, &["vf", "0000:3b:10.0", "--vlan", "4095"]);
+
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("--vlan"), "{err}");
+    assert!(err.contains("0..=4094"), "{err}");
+}
+
+/// A multicast MAC is refused before any netlink request; the fake PF's netdev
+/// does not exist, so any request would fail with ENODEV instead.
+#[test]
+fn sriov_vf_multicast_mac_is_refused() {
+    let fake = fake_host();
+
+    let o = sriov(&fake, &["vf", "0000:3b:10.0", "--mac", "01:00:5e:00:00:01"]);
+
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("a multicast or broadcast address cannot be a station address"),
+        "{err}"
+    );
+    assert!(err.contains("01:00:5e:00:00:01"), "{err}");
+    assert!(!err.contains("ENODEV"), "{err}");
+}
+
+#[test]
+fn sriov_vf_without_a_setting_has_nothing_to_change() {
+    let fake = fake_host();
+
+    let o = sriov(&fake, &["vf", "0000:3b:10.0"]);
+
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("nothing to change for VF 0000:3b:10.0"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn sriov_vf_on_a_pf_or_unknown_address_fails() {
+    let fake = fake_host();
+
+    let pf = sriov(&fake, &["vf", "0000:3b:00.0", "--vlan", "5"]);
+    let unknown = sriov(&fake, &["vf", "0000:99:00.0", "--vlan", "5"]);
+
+    assert_eq!(pf.status.code(), Some(1));
+    assert!(
+        stderr(&pf).contains("0000:3b:00.0 is not an SR-IOV virtual function"),
+        "{}",
+        stderr(&pf)
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("no PCI device 0000:99:00.0"),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+/// A valid setting on a fake tree reaches rtnetlink, where the PF's netdev does
+/// not exist: the error names the VF, its index and the interface.
+#[test]
+fn sriov_vf_on_a_fake_tree_fails_naming_the_interface() {
+    let fake = fake_host();
+
+    let o = sriov(&fake, &["vf", "0000:3b:10.2", "--vlan", "5"]);
+
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("VF 0000:3b:10.2 (vf 1 of enp59s0f0)"), "{err}");
+    assert!(err.contains("enp59s0f0"), "{err}");
+}
+
+#[test]
+fn sriov_bind_vfio_without_the_driver_says_modprobe() {
+    let fake = FakeSysfs::new();
+    fake.add_pf(&PfSpec::new("0000:3b:00.0").netdev("enp59s0f0"))
+        .add_vf(
+            "0000:3b:00.0",
+            &VfSpec::new(0, "0000:3b:10.0").iommu_group(50),
+        );
+
+    let o = sriov(&fake, &["bind-vfio", "0000:3b:10.0"]);
+
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("modprobe vfio-pci"), "{err}");
+    assert!(err.contains("vfio-pci"), "{err}");
+    let driver =
+        std::fs::read_link(fake.device_dir("0000:3b:10.0").join("driver")).expect("still bound");
+    assert!(driver.ends_with("ixgbevf"), "{driver:?}");
+}
+
+#[test]
+fn sriov_bind_vfio_of_a_bound_vf_reports_the_vfio_device() {
+    let fake = fake_host();
+    let dev = fake.path().join("dev/vfio");
+    std::fs::create_dir_all(&dev).expect("mkdir dev/vfio");
+    std::fs::write(dev.join("51"), "").expect("group device");
+
+    let text = sriov(&fake, &["bind-vfio", "0000:3b:10.2"]);
+    let json = sriov(&fake, &["bind-vfio", "0000:3b:10.2", "--json"]);
+    let pf = sriov(&fake, &["bind-vfio", "0000:3b:00.0"]);
+
+    assert_eq!(text.status.code(), Some(0), "{}", stderr(&text));
+    assert_eq!(
+        stdout(&text),
+        format!(
+            "0000:3b:10.2: driver vfio-pci override vfio-pci iommu group 51 vfio {}\n",
+            dev.join("51").display()
+        )
+    );
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("binding JSON");
+    assert_eq!(v["address"], "0000:3b:10.2");
+    assert_eq!(v["driver"], "vfio-pci");
+    assert_eq!(v["driver_override"], "vfio-pci");
+    assert_eq!(v["iommu_group"], 51);
+    assert_eq!(
+        v["vfio_device"],
+        dev.join("51").to_string_lossy().into_owned()
+    );
+    assert_eq!(pf.status.code(), Some(1));
+    assert!(
+        stderr(&pf).contains("0000:3b:00.0 is not an SR-IOV virtual function"),
+        "{}",
+        stderr(&pf)
+    );
+}

@@ -127,12 +127,18 @@ fn prereq(args: &PrereqArgs) -> anyhow::Result<()> {
     };
     print(&out)?;
     if !ready {
-        let mut ids: Vec<String> = report
+        // Each id once, in the order of the report.
+        let mut ids: Vec<String> = Vec::new();
+        for c in report
             .failed()
             .chain(cluster.iter().filter(|c| c.status == Status::Fail))
-            .filter_map(|c| c.error.as_ref().map(|e| e.id.to_string()))
-            .collect();
-        ids.dedup();
+        {
+            if let Some(id) = c.error.as_ref().map(|e| e.id.to_string()) {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
         anyhow::bail!(
             "node {} is not ready for accelerated networking: {}",
             report.node,

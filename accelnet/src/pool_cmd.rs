@@ -12,7 +12,9 @@ use clap::{Args, Subcommand};
 use sriov::configure;
 use sriov::mac::MacAddr;
 use sriov::netlink::{Netlink, VfChange};
-use sriov::pool::{Owner, PoolEntry, PoolVf, Select, VfPool, VfReset, VfState, DEFAULT_PROC_ROOT};
+use sriov::pool::{
+    Outcome, Owner, PoolEntry, PoolVf, Select, VfPool, VfReset, VfState, DEFAULT_PROC_ROOT,
+};
 use sriov::sysfs::SysfsRoot;
 
 use crate::sriov_cmd::{discover_host, print, RootArgRef};
@@ -142,52 +144,86 @@ pub fn run(args: PoolArgs) -> anyhow::Result<()> {
         PoolCommand::Release(a) => {
             let outcome = pool.release(&a.vf, a.vm.as_deref())?;
             if args.json {
-                return print(&json(&outcome)?);
+                print(&json(&outcome)?)?;
+            } else if outcome == Outcome::Freed {
+                print(&format!("{}: reset and free\n", a.vf))?;
             }
-            match outcome {
-                sriov::pool::Outcome::Freed => print(&format!("{}: reset and free\n", a.vf)),
-                sriov::pool::Outcome::Quarantined { reason } => anyhow::bail!(
+            if let Outcome::Quarantined { reason } = outcome {
+                anyhow::bail!(
                     "{}: released, but its reset failed, so it is quarantined: {reason}",
                     a.vf
-                ),
+                );
             }
+            Ok(())
         }
         PoolCommand::Reclaim => {
             let done = pool.reclaim_dead()?;
             if args.json {
-                return print(&json(&done)?);
+                print(&json(&done)?)?;
+            } else {
+                let mut out = String::new();
+                for r in &done {
+                    out.push_str(&format!(
+                        "{}: taken back from VM {}, {}\n",
+                        r.vf,
+                        r.owner.vm,
+                        describe(&r.outcome)
+                    ));
+                }
+                if done.is_empty() {
+                    out.push_str("no VF held by a dead VM\n");
+                }
+                print(&out)?;
             }
-            let mut out = String::new();
-            for r in &done {
-                out.push_str(&format!(
-                    "{}: taken back from VM {} ({:?})\n",
-                    r.vf, r.owner.vm, r.outcome
-                ));
-            }
-            if done.is_empty() {
-                out.push_str("no VF held by a dead VM\n");
-            }
-            print(&out)
+            fail_on_quarantine(done.iter().map(|r| (&r.vf, &r.outcome)))
         }
         PoolCommand::Repair => {
             let done = pool.repair()?;
             if args.json {
-                return print(&json(&done)?);
+                print(&json(&done)?)?;
+            } else {
+                let mut out = String::new();
+                for r in &done {
+                    out.push_str(&format!(
+                        "{}: was {}, {}\n",
+                        r.vf,
+                        r.previous.kind(),
+                        describe(&r.outcome)
+                    ));
+                }
+                if done.is_empty() {
+                    out.push_str("nothing to repair\n");
+                }
+                print(&out)?;
             }
-            let mut out = String::new();
-            for r in &done {
-                out.push_str(&format!(
-                    "{}: was {}, now {:?}\n",
-                    r.vf,
-                    r.previous.kind(),
-                    r.outcome
-                ));
-            }
-            if done.is_empty() {
-                out.push_str("nothing to repair\n");
-            }
-            print(&out)
+            fail_on_quarantine(done.iter().map(|r| (&r.vf, &r.outcome)))
         }
+    }
+}
+
+fn describe(o: &Outcome) -> String {
+    match o {
+        Outcome::Freed => "reset and free".to_string(),
+        Outcome::Quarantined { reason } => format!("reset failed, quarantined: {reason}"),
+    }
+}
+
+/// Exit 1 when a VF could not be reset: it is out of the pool until repaired.
+fn fail_on_quarantine<'a>(
+    outcomes: impl Iterator<Item = (&'a String, &'a Outcome)>,
+) -> anyhow::Result<()> {
+    let stuck: Vec<&str> = outcomes
+        .filter(|(_, o)| matches!(o, Outcome::Quarantined { .. }))
+        .map(|(vf, _)| vf.as_str())
+        .collect();
+    if stuck.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "VF {} could not be reset and stays quarantined (see `accelnet sriov pool list`; \
+             `accelnet sriov pool repair` retries)",
+            stuck.join(", ")
+        )
     }
 }
 

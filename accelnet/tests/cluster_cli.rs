@@ -266,7 +266,6 @@ fn prereq_failing_node_json_has_the_errors_and_is_not_ready() {
 /// The same seed error for two adapters that are not next to each other in the
 /// report must still be named once on stderr.
 #[test]
-#[ignore = "bug: cluster_cmd::prereq uses Vec::dedup, which only drops adjacent duplicate ids"]
 fn prereq_stderr_names_each_id_once_even_when_not_adjacent() {
     let fake = failing();
     fake.add_plain_nic("0000:5e:00.0", "virtio-pci", "eth1");

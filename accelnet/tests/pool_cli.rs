@@ -493,9 +493,21 @@ fn reclaim_takes_back_the_vf_of_a_dead_vm_process() {
 
     assert_eq!(alive.status.code(), Some(0), "{}", stderr(&alive));
     assert_eq!(stdout(&alive), "no VF held by a dead VM\n");
-    assert_eq!(dead.status.code(), Some(0), "{}", stderr(&dead));
+    // Taken back, but the reset cannot run on a fake tree: exit 1, saying so.
+    assert_eq!(dead.status.code(), Some(1), "{}", stderr(&dead));
+    assert!(
+        stderr(&dead).contains(&format!(
+            "VF {} could not be reset and stays quarantined",
+            vf0(1)
+        )),
+        "{}",
+        stderr(&dead)
+    );
     let out = stdout(&dead);
-    let line = format!("{}: taken back from VM p (Quarantined {{ reason: ", vf0(1));
+    let line = format!(
+        "{}: taken back from VM p, reset failed, quarantined: ",
+        vf0(1)
+    );
     assert!(out.starts_with(&line), "{out}");
     assert!(
         out.contains(PF0_NETDEV),
@@ -588,8 +600,8 @@ fn release_whose_reset_fails_reports_the_quarantine() {
     assert!(row.contains("quarantined"), "{list}");
     assert!(row.contains(PF0_NETDEV), "{list}");
 
-    // --json prints the outcome. (Its exit status is not checked: it is 0 while
-    // the text form exits 1 for the same quarantine.)
+    // --json prints the outcome and, like the text form, exits 1.
+    assert_eq!(j.status.code(), Some(1), "{}", stderr(&j));
     let v: Value = serde_json::from_str(&stdout(&j)).expect("outcome JSON");
     assert_eq!(v["outcome"], "quarantined");
     assert!(
@@ -609,10 +621,12 @@ fn release_whose_reset_fails_reports_the_quarantine() {
         "{}",
         stderr(&x)
     );
-    let repair = n.ok(&["repair"]);
+    let repair = n.pool(&["repair"]);
+    assert_eq!(repair.status.code(), Some(1), "still cannot reset");
+    let repair = stdout(&repair);
     assert!(
         repair.starts_with(&format!(
-            "{}: was quarantined, now Quarantined {{ reason: ",
+            "{}: was quarantined, reset failed, quarantined: ",
             vf0(0)
         )),
         "{repair}"

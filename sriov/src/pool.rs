@@ -478,6 +478,14 @@ pub enum PoolError {
         /// What the record says (`free`, `allocated by VM x`, ...).
         actual: String,
     },
+    /// Release of a VF no VM holds (free or quarantined).
+    #[error("VF {vf} is not held by any VM, so there is nothing to release: {actual}")]
+    NotHeld {
+        /// PCI address of the VF.
+        vf: String,
+        /// What the record says.
+        actual: String,
+    },
     /// Configuring the reserved VF failed; the reservation was undone.
     #[error("configuring VF {vf} for VM {vm} failed: {message}; the VF was {undo}")]
     Configure {
@@ -808,9 +816,8 @@ impl VfPool {
             | VfState::Allocated { owner, .. }
             | VfState::Releasing { owner, .. } => owner.clone(),
             other => {
-                return Err(PoolError::NotOwner {
+                return Err(PoolError::NotHeld {
                     vf: vf.to_string(),
-                    expected: owner.unwrap_or("(any)").to_string(),
                     actual: format!("it is {}", describe(other)),
                 })
             }
@@ -1521,7 +1528,7 @@ mod tests {
     }
 
     #[test]
-    fn test_allocation_whose_first_reset_fails_quarantines_and_tries_another() {
+    fn test_allocation_whose_first_reset_fails_quarantines_it_and_the_next_takes_another() {
         let (_dir, reset, pool) = pool_with(&[2]);
         reset.fail(&vf_addr(0, 0), true);
         let err = pool

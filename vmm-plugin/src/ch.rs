@@ -1,0 +1,2 @@
+//! cloud-hypervisor driver: command line, REST API client over its unix socket, and the
+//! [`crate::Vmm`] implementation.

@@ -1,0 +1,1 @@
+//! QEMU driver: command line, QMP client, and the [`crate::Vmm`] implementation.

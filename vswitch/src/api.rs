@@ -36,6 +36,16 @@ pub enum Request {
         /// Port name.
         name: String,
     },
+    /// Tell the wire that `mac` now lives behind VM port `port`: send a RARP from
+    /// `mac` out of every uplink (as QEMU's self-announce does, tagged with the port's
+    /// VLAN where the uplink needs it), and point the FDB entry at the port. Used
+    /// when a VM's traffic moves from its direct path (VF) to the switch.
+    Announce {
+        /// VM port name.
+        port: String,
+        /// The VM's MAC.
+        mac: MacAddr,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -71,6 +81,15 @@ pub enum Response {
     PortDeleted {
         /// Name of the removed port.
         name: String,
+    },
+    /// Answer to [`Request::Announce`].
+    Announced {
+        /// VM port name.
+        port: String,
+        /// The MAC announced.
+        mac: MacAddr,
+        /// Uplinks the RARP went out of.
+        uplinks: Vec<String>,
     },
     /// The request could not be served.
     Error {

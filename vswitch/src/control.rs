@@ -604,7 +604,8 @@ mod tests {
                 Request::Stats {}
                 | Request::PortAdd { .. }
                 | Request::PortSet { .. }
-                | Request::PortDel { .. } => Response::Error {
+                | Request::PortDel { .. }
+                | Request::Announce { .. } => Response::Error {
                     message: "no stats here".into(),
                 },
             }

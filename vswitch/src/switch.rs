@@ -19,6 +19,7 @@ use crate::port::{
     Waker,
 };
 use crate::uplink::{Uplink, UplinkError};
+use crate::wire::MacAddr;
 
 /// Errors starting the switch.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,9 @@ pub enum PortChangeError {
     /// No such port.
     #[error("no VM port named {0}")]
     NotFound(String),
+    /// A multicast (or broadcast) address where a station's MAC is needed.
+    #[error("{0} is a multicast address, not a VM's MAC")]
+    BadMac(MacAddr),
     /// Too many ports were added over the switch's life (ids are not reused).
     #[error("port table full")]
     Full,
@@ -232,6 +236,48 @@ impl State {
         Ok(())
     }
 
+    /// [`Request::Announce`]: one RARP from `mac` out of every uplink, then the FDB
+    /// entry for `mac` on the port's VLAN points at the port.
+    fn announce(&self, name: &str, mac: MacAddr) -> Result<Vec<String>, PortChangeError> {
+        let table = self.shared.ports.load();
+        let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()).cloned() else {
+            return Err(PortChangeError::NotFound(name.to_string()));
+        };
+        if mac.is_multicast() {
+            return Err(PortChangeError::BadMac(mac));
+        }
+        let mut sent = Vec::new();
+        for p in table.iter() {
+            let PortBackend::Uplink(up) = &p.backend else {
+                continue;
+            };
+            // Untagged on the uplink's native VLAN, 802.1Q-tagged otherwise.
+            let tag = (port.vlan != p.vlan).then_some(port.vlan);
+            let frame = rarp_frame(mac, tag);
+            let mut sock = up.sock.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(slot) = sock.tx_slot() else {
+                log::warn!("announce {mac} for {name}: uplink {} TX ring full", p.name);
+                continue;
+            };
+            slot[..frame.len()].copy_from_slice(&frame);
+            sock.tx_commit(frame.len());
+            if let Err(e) = sock.tx_flush() {
+                log::warn!("announce {mac} for {name}: uplink {}: {e}", p.name);
+                continue;
+            }
+            sent.push(p.name.clone());
+        }
+        self.shared
+            .fdb
+            .learn(port.vlan, mac, port.id, self.shared.now_secs());
+        log::info!(
+            "port {name}: announced {mac} on VLAN {} out of {:?}",
+            port.vlan,
+            sent
+        );
+        Ok(sent)
+    }
+
     fn wake_all(&self) {
         for w in self.shared.wakers.iter() {
             w.wake();
@@ -283,8 +329,42 @@ impl ControlHandler for State {
                     message: error_chain(&e),
                 },
             },
+            Request::Announce { port, mac } => match self.announce(port, *mac) {
+                Ok(uplinks) => Response::Announced {
+                    port: port.clone(),
+                    mac: *mac,
+                    uplinks,
+                },
+                Err(e) => Response::Error {
+                    message: error_chain(&e),
+                },
+            },
         }
     }
+}
+
+/// A RARP request announcing `mac` (what QEMU's `qemu_announce_self` sends): to
+/// broadcast, from `mac`, EtherType 0x8035, "reverse request" for `mac`, padded to
+/// the 60-byte minimum; with an 802.1Q tag when `vlan` is given.
+pub fn rarp_frame(mac: MacAddr, vlan: Option<u16>) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac.0);
+    if let Some(v) = vlan {
+        f.extend_from_slice(&0x8100u16.to_be_bytes());
+        f.extend_from_slice(&(v & 0x0fff).to_be_bytes());
+    }
+    f.extend_from_slice(&0x8035u16.to_be_bytes());
+    f.extend_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    f.extend_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    f.extend_from_slice(&[6, 4]);
+    f.extend_from_slice(&3u16.to_be_bytes()); // reverse request
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&[0; 4]);
+    f.resize(f.len().max(60), 0);
+    f
 }
 
 /// An error and its causes on one line.

@@ -678,3 +678,107 @@ fn test_uplink_open_errors_name_the_interface() {
         eprintln!("bad max_frame: {}", error_chain(&e));
     });
 }
+
+/// `announce`: one RARP from the VM's MAC out of the uplink (untagged on the native
+/// VLAN, tagged otherwise), and the FDB entry moves to the VM port; bad requests are
+/// refused with a reason.
+#[test]
+fn test_switch_announce_sends_rarp_out_the_uplink_and_pins_the_fdb() {
+    use vswitch::api::{Request, Response};
+    use vswitch::{MacAddr, PortConfig, Switch, SwitchConfig};
+    let ns = Netns::new();
+    let dir = std::env::temp_dir().join(format!("accelnet-announce-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dir2 = dir.clone();
+    ns.run(move || {
+        let mut vm1 = PortConfig::new(dir2.join("vm1.sock"));
+        vm1.vlan = 1;
+        let mut vm2 = PortConfig::new(dir2.join("vm2.sock"));
+        vm2.vlan = 20;
+        let sw = Switch::start(SwitchConfig {
+            ports: vec![vm1, vm2],
+            uplinks: vec![UplinkConfig::new("a".to_string(), 1)],
+            ..SwitchConfig::default()
+        })
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        let peer = RawSock::open("b");
+        let mac = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let rarps = |want: usize, wait: Duration| {
+            let deadline = Instant::now() + wait;
+            let mut got = Vec::new();
+            while got.len() < want && Instant::now() < deadline {
+                if let Some((f, vlan)) = peer.recv() {
+                    if f.len() >= 14 && f[12..14] == [0x80, 0x35] {
+                        got.push((f, vlan));
+                    }
+                }
+            }
+            got
+        };
+        for (port, vlan) in [("vm1", None), ("vm2", Some(20))] {
+            let r = sw.handle(&Request::Announce {
+                port: port.to_string(),
+                mac,
+            });
+            assert_eq!(
+                r,
+                Response::Announced {
+                    port: port.to_string(),
+                    mac,
+                    uplinks: vec!["a".to_string()],
+                }
+            );
+            let got = rarps(1, WAIT);
+            assert_eq!(got.len(), 1, "one RARP for {port}");
+            let (f, got_vlan) = &got[0];
+            assert_eq!(*got_vlan, vlan, "{port}");
+            assert_eq!(&f[..6], &[0xff; 6]);
+            assert_eq!(&f[6..12], &mac.0);
+            // htype 1, ptype IPv4, hlen 6, plen 4, op 3 (reverse request), sha = tha = mac.
+            assert_eq!(&f[14..22], &[0, 1, 8, 0, 6, 4, 0, 3]);
+            assert_eq!(&f[22..28], &mac.0);
+            assert_eq!(&f[32..38], &mac.0);
+            let Response::Fdb { entries } = sw.handle(&Request::Fdb {}) else {
+                panic!("fdb");
+            };
+            assert!(
+                entries
+                    .iter()
+                    .any(|e| e.mac == mac && e.port == port && e.vlan == vlan.unwrap_or(1)),
+                "{entries:?}"
+            );
+        }
+        for (req, says) in [
+            (
+                Request::Announce {
+                    port: "nosuch".into(),
+                    mac,
+                },
+                "no VM port named nosuch",
+            ),
+            (
+                Request::Announce {
+                    port: "a".into(),
+                    mac,
+                },
+                "no VM port named a",
+            ),
+            (
+                Request::Announce {
+                    port: "vm1".into(),
+                    mac: MacAddr([0x01, 0, 0x5e, 0, 0, 1]),
+                },
+                "multicast",
+            ),
+        ] {
+            match sw.handle(&req) {
+                Response::Error { message } => assert!(message.contains(says), "{message}"),
+                other => panic!("{req:?}: {other:?}"),
+            }
+        }
+        assert!(rarps(1, QUIET).is_empty(), "refused requests send nothing");
+        drop(sw);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,806 @@
+//! A fake cloud-hypervisor API server for tests: cloud-hypervisor needs KVM, which
+//! test machines may lack.
+//!
+//! [`FakeChServer`] serves HTTP/1.1 on a unix socket, like `cloud-hypervisor
+//! --api-socket`, following the OpenAPI description
+//! (`vmm/src/api/openapi/cloud-hypervisor.yaml`) and the status mapping of
+//! `vmm/src/api/http/mod.rs` for `vmm.ping`, `vmm.shutdown`, `vm.create`,
+//! `vm.boot`, `vm.shutdown`, `vm.info`, `vm.pause`, `vm.resume`, `vm.add-net`,
+//! `vm.add-device`, `vm.remove-device`, `vm.send-migration` and
+//! `vm.receive-migration`: unknown routes `404`, wrong method `400`, invalid
+//! bodies `400`, VM not created / unknown device `404`, duplicate id or path `409`,
+//! other refusals (VM already created, not running) `500`; error bodies are JSON
+//! arrays of messages. Like cloud-hypervisor, `vm.info` says `Created` after
+//! `vm.shutdown` (the VM object is gone, its config stays), and the VMM exits
+//! (the socket goes away) after `vmm.shutdown` and after a successful outgoing
+//! migration.
+//!
+//! It records every request, can fail or delay the next call of an endpoint, and
+//! writes event-monitor records (pretty-printed JSON objects, like
+//! cloud-hypervisor's `--event-monitor`) to a file when given one.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+
+/// One request the fake received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    /// `GET` or `PUT` (or whatever came).
+    pub method: String,
+    /// The endpoint without `/api/v1/`, e.g. `vm.create`.
+    pub endpoint: String,
+    /// The JSON body (`Value::Null` when empty, a JSON string when not JSON).
+    pub body: Value,
+}
+
+/// Life cycle of the fake VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeVmPhase {
+    /// No `vm.create` yet (or migrated away).
+    NotCreated,
+    /// Created (also after `vm.shutdown`, as `vm.info` reports it).
+    Created,
+    /// Booted.
+    Running,
+    /// Paused.
+    Paused,
+    /// Shut down with `vm.shutdown` (`vm.info` says `Created`).
+    Shutdown,
+}
+
+#[derive(Debug)]
+struct State {
+    phase: FakeVmPhase,
+    config: Option<Value>,
+    requests: Vec<RecordedRequest>,
+    failures: HashMap<String, VecDeque<(u16, String)>>,
+    delays: HashMap<String, VecDeque<Duration>>,
+    event_file: Option<PathBuf>,
+    started: Instant,
+    next_bdf: u8,
+    /// `None`: removed devices go at once; `Some(d)`: after `d`; a very long `d`
+    /// is a guest that never releases the device.
+    removal_delay: Option<Duration>,
+    migration_fails: bool,
+    incoming_config: Value,
+    exited: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    socket: PathBuf,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The fake API server; stops serving when dropped.
+#[derive(Debug)]
+pub struct FakeChServer {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeChServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.shared.socket);
+    }
+}
+
+type Reply = (StatusCode, Option<Value>);
+
+fn err(status: StatusCode, message: impl Into<String>) -> Reply {
+    (status, Some(json!([message.into()])))
+}
+
+fn ok() -> Reply {
+    (StatusCode::NO_CONTENT, None)
+}
+
+impl FakeChServer {
+    /// Listens on `socket` (replacing a stale file) and serves until dropped.
+    pub async fn start(socket: impl AsRef<Path>) -> std::io::Result<FakeChServer> {
+        let socket = socket.as_ref().to_path_buf();
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                phase: FakeVmPhase::NotCreated,
+                config: None,
+                requests: Vec::new(),
+                failures: HashMap::new(),
+                delays: HashMap::new(),
+                event_file: None,
+                started: Instant::now(),
+                next_bdf: 4,
+                removal_delay: None,
+                migration_fails: false,
+                incoming_config: json!({"payload": {"kernel": "/migrated/vmlinux"}}),
+                exited: false,
+            }),
+            socket,
+        });
+        let accept_shared = Arc::clone(&shared);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                if accept_shared.lock().exited {
+                    return;
+                }
+                let conn_shared = Arc::clone(&accept_shared);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let s = Arc::clone(&conn_shared);
+                        async move { Ok::<_, std::convert::Infallible>(handle(s, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(FakeChServer { shared, task })
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> &Path {
+        &self.shared.socket
+    }
+
+    /// Writes event-monitor records to `path` from now on (appending).
+    pub fn set_event_file(&self, path: impl Into<PathBuf>) {
+        self.shared.lock().event_file = Some(path.into());
+    }
+
+    /// The next call of `endpoint` (e.g. `vm.add-device`) answers `status` with
+    /// cloud-hypervisor's error body `[message]`.
+    pub fn fail_next(&self, endpoint: &str, status: u16, message: &str) {
+        self.shared
+            .lock()
+            .failures
+            .entry(endpoint.to_owned())
+            .or_default()
+            .push_back((status, message.to_owned()));
+    }
+
+    /// The next call of `endpoint` waits `delay` before it is handled.
+    pub fn delay_next(&self, endpoint: &str, delay: Duration) {
+        self.shared
+            .lock()
+            .delays
+            .entry(endpoint.to_owned())
+            .or_default()
+            .push_back(delay);
+    }
+
+    /// Devices asked out with `vm.remove-device` leave the config only after
+    /// `delay` (the guest's eject); `None` (the default) at once.
+    pub fn set_removal_delay(&self, delay: Option<Duration>) {
+        self.shared.lock().removal_delay = delay;
+    }
+
+    /// Whether outgoing migrations fail (event `migration-failed`, the VM keeps
+    /// running) instead of completing.
+    pub fn set_migration_fails(&self, fails: bool) {
+        self.shared.lock().migration_fails = fails;
+    }
+
+    /// The VM config a `vm.receive-migration` brings in.
+    pub fn set_incoming_config(&self, config: Value) {
+        self.shared.lock().incoming_config = config;
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// The endpoints called so far, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.requests().into_iter().map(|r| r.endpoint).collect()
+    }
+
+    /// The bodies of the calls of `endpoint`, in order.
+    pub fn bodies(&self, endpoint: &str) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.endpoint == endpoint)
+            .map(|r| r.body)
+            .collect()
+    }
+
+    /// The VM's phase.
+    pub fn phase(&self) -> FakeVmPhase {
+        self.shared.lock().phase
+    }
+
+    /// The VM's config (after `vm.create`, with hot-plugs and removals).
+    pub fn config(&self) -> Option<Value> {
+        self.shared.lock().config.clone()
+    }
+
+    /// Whether the fake "VMM" exited (`vmm.shutdown`, migrated away).
+    pub fn exited(&self) -> bool {
+        self.shared.lock().exited
+    }
+}
+
+fn emit(state: &State, source: &str, event: &str, properties: Option<Value>) {
+    let Some(path) = &state.event_file else {
+        return;
+    };
+    let elapsed = state.started.elapsed();
+    let record = json!({
+        "timestamp": {"secs": elapsed.as_secs(), "nanos": elapsed.subsec_nanos()},
+        "source": source,
+        "event": event,
+        "properties": properties,
+    });
+    let text = serde_json::to_string_pretty(&record).unwrap_or_default();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{text}");
+    }
+}
+
+fn exit_vmm(shared: &Shared, state: &mut State) {
+    state.exited = true;
+    let _ = std::fs::remove_file(&shared.socket);
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let body_value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+    };
+    let endpoint = path
+        .strip_prefix(super::api::API_ROOT)
+        .and_then(|p| p.strip_prefix('/'))
+        .unwrap_or(&path)
+        .to_owned();
+    let delay = {
+        let mut st = shared.lock();
+        st.requests.push(RecordedRequest {
+            method: method.to_string(),
+            endpoint: endpoint.clone(),
+            body: body_value.clone(),
+        });
+        st.delays.get_mut(&endpoint).and_then(VecDeque::pop_front)
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let (status, reply) = {
+        let mut st = shared.lock();
+        let injected = st.failures.get_mut(&endpoint).and_then(VecDeque::pop_front);
+        match injected {
+            Some((code, message)) => err(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                message,
+            ),
+            None => route(&shared, &mut st, &method, &endpoint, &body, &body_value),
+        }
+    };
+    let bytes = reply
+        .map(|v| Bytes::from(v.to_string()))
+        .unwrap_or_default();
+    let mut response = Response::new(Full::new(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().insert(
+        hyper::header::SERVER,
+        hyper::header::HeaderValue::from_static("Cloud Hypervisor API"),
+    );
+    response
+}
+
+const GET_ENDPOINTS: &[&str] = &["vmm.ping", "vm.info"];
+const PUT_ENDPOINTS: &[&str] = &[
+    "vmm.shutdown",
+    "vm.create",
+    "vm.boot",
+    "vm.shutdown",
+    "vm.pause",
+    "vm.resume",
+    "vm.add-net",
+    "vm.add-device",
+    "vm.remove-device",
+    "vm.send-migration",
+    "vm.receive-migration",
+];
+
+fn route(
+    shared: &Arc<Shared>,
+    st: &mut State,
+    method: &Method,
+    endpoint: &str,
+    raw: &Bytes,
+    body: &Value,
+) -> Reply {
+    let is_get = GET_ENDPOINTS.contains(&endpoint);
+    let is_put = PUT_ENDPOINTS.contains(&endpoint);
+    if !is_get && !is_put {
+        return err(StatusCode::NOT_FOUND, "Not Found");
+    }
+    if (is_get && method != Method::GET) || (is_put && method != Method::PUT) {
+        return (StatusCode::BAD_REQUEST, None);
+    }
+    // Endpoints with a required request body: missing → 400, not JSON → 400.
+    let needs_body = matches!(
+        endpoint,
+        "vm.create"
+            | "vm.add-net"
+            | "vm.add-device"
+            | "vm.remove-device"
+            | "vm.send-migration"
+            | "vm.receive-migration"
+    );
+    if needs_body {
+        if raw.is_empty() {
+            return err(StatusCode::BAD_REQUEST, "Bad Request");
+        }
+        if !body.is_object() {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "Error deserializing JSON: expected an object",
+            );
+        }
+    }
+    let created = st.config.is_some();
+    match endpoint {
+        "vmm.ping" => (
+            StatusCode::OK,
+            Some(json!({
+                "build_version": "fake",
+                "version": "v48.0-fake",
+                "pid": std::process::id(),
+                "features": ["kvm"],
+            })),
+        ),
+        "vmm.shutdown" => {
+            emit(st, "vmm", "shutdown", None);
+            exit_vmm(shared, st);
+            ok()
+        }
+        "vm.info" => match &st.config {
+            None => err(
+                StatusCode::NOT_FOUND,
+                "Error getting VM info: VM is not created",
+            ),
+            Some(config) => {
+                let state = match st.phase {
+                    FakeVmPhase::Running => "Running",
+                    FakeVmPhase::Paused => "Paused",
+                    _ => "Created",
+                };
+                let size = config.pointer("/memory/size").cloned().unwrap_or(json!(0));
+                (
+                    StatusCode::OK,
+                    Some(json!({
+                        "config": config,
+                        "state": state,
+                        "memory_actual_size": size,
+                        "device_tree": {},
+                    })),
+                )
+            }
+        },
+        "vm.create" => {
+            if created {
+                return err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Failed to create the VM: The VM is already created",
+                );
+            }
+            if let Err(message) = validate_config(body) {
+                return err(StatusCode::BAD_REQUEST, message);
+            }
+            st.config = Some(body.clone());
+            st.phase = FakeVmPhase::Created;
+            ok()
+        }
+        "vm.boot" => match st.phase {
+            FakeVmPhase::NotCreated => err(
+                StatusCode::NOT_FOUND,
+                "Error booting the VM: Cannot boot a VM without its config",
+            ),
+            FakeVmPhase::Running | FakeVmPhase::Paused => err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error booting the VM: The VM is already created",
+            ),
+            FakeVmPhase::Created | FakeVmPhase::Shutdown => {
+                emit(st, "vm", "booting", None);
+                st.phase = FakeVmPhase::Running;
+                emit(st, "vm", "booted", None);
+                ok()
+            }
+        },
+        "vm.shutdown" => match st.phase {
+            FakeVmPhase::Running | FakeVmPhase::Paused => {
+                st.phase = FakeVmPhase::Shutdown;
+                emit(st, "vm", "shutdown", None);
+                ok()
+            }
+            _ => err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error shutting down the VM: The VM is not running",
+            ),
+        },
+        "vm.pause" | "vm.resume" => {
+            let (from, to, ing, ed) = if endpoint == "vm.pause" {
+                (
+                    FakeVmPhase::Running,
+                    FakeVmPhase::Paused,
+                    "pausing",
+                    "paused",
+                )
+            } else {
+                (
+                    FakeVmPhase::Paused,
+                    FakeVmPhase::Running,
+                    "resuming",
+                    "resumed",
+                )
+            };
+            if !created {
+                return err(StatusCode::NOT_FOUND, "The VM is not created");
+            }
+            if st.phase != from {
+                return err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("Error {ing} the VM: invalid state transition"),
+                );
+            }
+            emit(st, "vm", ing, None);
+            st.phase = to;
+            emit(st, "vm", ed, None);
+            ok()
+        }
+        "vm.add-net" | "vm.add-device" => {
+            if !created {
+                return err(StatusCode::NOT_FOUND, "The VM is not created");
+            }
+            let (list, prefix) = if endpoint == "vm.add-net" {
+                ("net", "_net")
+            } else {
+                ("devices", "_vfio")
+            };
+            let shared_mem = st
+                .config
+                .as_ref()
+                .and_then(|c| c.pointer("/memory/shared"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let check = if endpoint == "vm.add-net" {
+                validate_net(body, shared_mem)
+            } else {
+                validate_device(body)
+            };
+            if let Err(message) = check {
+                return err(StatusCode::BAD_REQUEST, message);
+            }
+            let mut device = body.clone();
+            let id = match device.get("id").and_then(Value::as_str) {
+                Some(id) => id.to_owned(),
+                None => {
+                    let n = st
+                        .config
+                        .as_ref()
+                        .and_then(|c| c.get(list))
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len);
+                    let id = format!("{prefix}{n}");
+                    device["id"] = json!(id);
+                    id
+                }
+            };
+            if let Some(message) = duplicate(st.config.as_ref(), &device) {
+                return err(StatusCode::CONFLICT, message);
+            }
+            if let Some(config) = st.config.as_mut() {
+                match config.get_mut(list).and_then(Value::as_array_mut) {
+                    Some(items) => items.push(device),
+                    None => config[list] = json!([device]),
+                }
+            }
+            if matches!(st.phase, FakeVmPhase::Running | FakeVmPhase::Paused) {
+                let bdf = format!("0000:00:{:02x}.0", st.next_bdf);
+                st.next_bdf = st.next_bdf.wrapping_add(1);
+                (StatusCode::OK, Some(json!({"id": id, "bdf": bdf})))
+            } else {
+                ok()
+            }
+        }
+        "vm.remove-device" => {
+            if !created {
+                return err(StatusCode::NOT_FOUND, "The VM is not created");
+            }
+            let Some(id) = body.get("id").and_then(Value::as_str) else {
+                return err(StatusCode::BAD_REQUEST, "Bad Request: missing id");
+            };
+            if !all_ids(st.config.as_ref()).iter().any(|i| i == id) {
+                return err(
+                    StatusCode::NOT_FOUND,
+                    format!("Error removing device from the VM: Unknown device id: {id}"),
+                );
+            }
+            let booted = matches!(st.phase, FakeVmPhase::Running | FakeVmPhase::Paused);
+            match st.removal_delay {
+                Some(delay) if booted => schedule_removal(shared, id.to_owned(), delay),
+                _ => {
+                    remove_id(st, id);
+                    if booted {
+                        emit(
+                            st,
+                            "vm",
+                            "device-removed",
+                            Some(json!({"id": id, "bdf": "0000:00:04.0"})),
+                        );
+                    }
+                }
+            }
+            ok()
+        }
+        "vm.send-migration" => {
+            let Some(url) = body.get("destination_url").and_then(Value::as_str) else {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: missing destination_url",
+                );
+            };
+            if !created {
+                return err(StatusCode::NOT_FOUND, "The VM is not created");
+            }
+            if st.phase != FakeVmPhase::Running {
+                return err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Error sending migration: VM is not running",
+                );
+            }
+            let local = body.get("local").and_then(Value::as_bool).unwrap_or(false);
+            if local && !url.starts_with("unix:") {
+                return err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Error sending migration: --local option is only supported with UNIX sockets",
+                );
+            }
+            emit(st, "vm", "migration-started", None);
+            if st.migration_fails {
+                emit(st, "vm", "migration-failed", None);
+            } else {
+                emit(st, "vm", "migration-finished", None);
+                st.config = None;
+                st.phase = FakeVmPhase::NotCreated;
+                exit_vmm(shared, st);
+            }
+            ok()
+        }
+        "vm.receive-migration" => {
+            if body.get("receiver_url").and_then(Value::as_str).is_none() {
+                return err(StatusCode::BAD_REQUEST, "Bad Request: missing receiver_url");
+            }
+            emit(st, "vm", "migration-receive-ready", None);
+            emit(st, "vm", "migration-receive-started", None);
+            st.config = Some(st.incoming_config.clone());
+            st.phase = FakeVmPhase::Running;
+            emit(st, "vm", "migration-receive-finished", None);
+            ok()
+        }
+        _ => err(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+fn schedule_removal(shared: &Arc<Shared>, id: String, delay: Duration) {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let mut st = shared.lock();
+        remove_id(&mut st, &id);
+        emit(
+            &st,
+            "vm",
+            "device-removed",
+            Some(json!({"id": id, "bdf": "0000:00:04.0"})),
+        );
+    });
+}
+
+fn remove_id(st: &mut State, id: &str) {
+    if let Some(config) = st.config.as_mut() {
+        for list in ["devices", "net", "disks"] {
+            if let Some(items) = config.get_mut(list).and_then(Value::as_array_mut) {
+                items.retain(|d| d.get("id").and_then(Value::as_str) != Some(id));
+            }
+        }
+    }
+}
+
+fn all_ids(config: Option<&Value>) -> Vec<String> {
+    let mut ids = Vec::new();
+    if let Some(config) = config {
+        for list in ["devices", "net", "disks"] {
+            if let Some(items) = config.get(list).and_then(Value::as_array) {
+                ids.extend(
+                    items
+                        .iter()
+                        .filter_map(|d| d.get("id").and_then(Value::as_str).map(str::to_owned)),
+                );
+            }
+        }
+    }
+    ids
+}
+
+fn duplicate(config: Option<&Value>, device: &Value) -> Option<String> {
+    let id = device.get("id").and_then(Value::as_str)?;
+    if all_ids(config).iter().any(|i| i == id) {
+        return Some(format!(
+            "Error adding device to the VM: Identifier {id} is not unique"
+        ));
+    }
+    let path = device.get("path").and_then(Value::as_str)?;
+    let taken = config
+        .and_then(|c| c.get("devices"))
+        .and_then(Value::as_array)
+        .is_some_and(|d| {
+            d.iter()
+                .any(|d| d.get("path").and_then(Value::as_str) == Some(path))
+        });
+    taken.then(|| format!("Error adding device to the VM: Duplicate device path: {path}"))
+}
+
+fn validate_net(net: &Value, shared_memory: bool) -> Result<(), String> {
+    if net
+        .get("vhost_user")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        if net.get("vhost_socket").and_then(Value::as_str).is_none() {
+            return Err("Invalid network config: vhost-user requires a socket path".into());
+        }
+        if !shared_memory {
+            return Err(
+                "Invalid VM config: Using vhost-user requires using shared memory or huge pages"
+                    .into(),
+            );
+        }
+        match net.get("vhost_mode") {
+            None => {}
+            Some(Value::String(m)) if m == "Client" || m == "Server" => {}
+            Some(other) => {
+                return Err(format!(
+                "Error deserializing JSON: unknown variant {other}, expected `Client` or `Server`"
+            ))
+            }
+        }
+    }
+    if let Some(q) = net.get("num_queues") {
+        let n = q.as_u64().ok_or("Error deserializing JSON: num_queues")?;
+        if n < 2 || n % 2 != 0 {
+            return Err(format!(
+                "Invalid network config: number of queues {n} must be a positive even number"
+            ));
+        }
+    }
+    if let Some(mac) = net.get("mac") {
+        let ok = mac.as_str().is_some_and(super::cmdline::valid_mac);
+        if !ok {
+            return Err(format!("Error deserializing JSON: invalid MAC {mac}"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_device(device: &Value) -> Result<(), String> {
+    match device.get("path").and_then(Value::as_str) {
+        Some(p) if !p.is_empty() => Ok(()),
+        _ => Err("Invalid device config: a VFIO device needs a path".into()),
+    }
+}
+
+fn validate_config(config: &Value) -> Result<(), String> {
+    let Some(payload) = config.get("payload").filter(|p| p.is_object()) else {
+        return Err("Error deserializing JSON: missing field `payload`".into());
+    };
+    if payload.get("kernel").is_none()
+        && payload.get("firmware").is_none()
+        && payload.get("igvm").is_none()
+    {
+        return Err("Invalid VM config: No kernel or firmware specified".into());
+    }
+    if let Some(cpus) = config.get("cpus") {
+        let boot = cpus.get("boot_vcpus").and_then(Value::as_u64);
+        let max = cpus.get("max_vcpus").and_then(Value::as_u64);
+        match (boot, max) {
+            (Some(b), Some(m)) if b >= 1 && b <= m => {}
+            (Some(_), Some(_)) => {
+                return Err("Invalid VM config: max CPUs lower than boot CPUs".into())
+            }
+            _ => {
+                return Err(
+                    "Error deserializing JSON: missing field `boot_vcpus` or `max_vcpus`".into(),
+                )
+            }
+        }
+    }
+    let shared = match config.get("memory") {
+        Some(m) => {
+            if m.get("size").and_then(Value::as_u64).is_none() {
+                return Err("Error deserializing JSON: missing field `size`".into());
+            }
+            m.get("shared").and_then(Value::as_bool).unwrap_or(false)
+        }
+        None => false,
+    };
+    let mut ids: Vec<&str> = Vec::new();
+    for net in config
+        .get("net")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        validate_net(net, shared)?;
+        ids.extend(net.get("id").and_then(Value::as_str));
+    }
+    for dev in config
+        .get("devices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        validate_device(dev)?;
+        ids.extend(dev.get("id").and_then(Value::as_str));
+    }
+    for disk in config
+        .get("disks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if disk.get("path").is_none() && disk.get("vhost_socket").is_none() {
+            return Err("Invalid disk config: a disk needs a path or a vhost-user socket".into());
+        }
+        ids.extend(disk.get("id").and_then(Value::as_str));
+    }
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "Invalid VM config: Identifier {} is not unique",
+            w[0]
+        ));
+    }
+    Ok(())
+}

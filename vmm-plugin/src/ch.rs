@@ -233,10 +233,29 @@ impl ChVm {
         }
     }
 
+    fn knows_process(&self) -> bool {
+        self.pid.is_some()
+            || self
+                .child
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
+    /// Whether the VMM is gone: its process exited or, when no process is known
+    /// (`spawn: false` without a pid), its API socket no longer answers.
+    async fn vmm_gone(&self) -> bool {
+        if self.knows_process() {
+            !self.process_alive()
+        } else {
+            matches!(self.api.with_timeout(POLL * 4).ping().await, Err(e) if is_gone(&e))
+        }
+    }
+
     async fn wait_exit(&self, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
         loop {
-            if !self.process_alive() {
+            if self.vmm_gone().await {
                 return true;
             }
             if Instant::now() >= deadline {

@@ -101,9 +101,11 @@ fn spec_error(s: &VmSpec) -> String {
     }
 }
 
+type Edit = Box<dyn Fn(&mut VmSpec)>;
+
 #[test]
 fn invalid_specs_are_spec_errors() {
-    let cases: Vec<(Box<dyn Fn(&mut VmSpec)>, &str)> = vec![
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|s| s.vcpus = 0), "vcpus"),
         (Box::new(|s| s.memory_mib = 32), "memory 32 MiB"),
         (Box::new(|s| s.nic.mac = "52:54:00:12:34".into()), "MAC"),

@@ -525,8 +525,26 @@ impl Vmm for QemuVm {
                     tail(&log_path, 20)
                 )));
             }
-            match QmpClient::connect_once(&self.spec.name, &qmp_path, self.events.clone()).await {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
+            match QmpClient::connect_once(&self.spec.name, &qmp_path, left, self.events.clone())
+                .await
+            {
                 Ok(q) => break q,
+                Err(qmp::ConnectError::NoGreeting(after)) => {
+                    let status = self.exit_status();
+                    self.kill_now().await;
+                    return Err(self.start_err(format!(
+                        "no QMP greeting on {} within {:.1} s (exit status {status:?}; QEMU \
+                         blocks at start until its vhost-user backend {} accepts); {}:\n{}",
+                        qmp_path.display(),
+                        after.as_secs_f64(),
+                        self.spec.nic.socket.display(),
+                        log_path.display(),
+                        tail(&log_path, 20)
+                    )));
+                }
                 Err(qmp::ConnectError::Fatal(e)) => {
                     self.kill_now().await;
                     return Err(e);

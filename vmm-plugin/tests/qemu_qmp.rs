@@ -333,3 +333,74 @@ async fn migrate_between_two_qemus() {
     src.stop(GRACE).await.unwrap();
     dst.stop(GRACE).await.unwrap();
 }
+
+/// QEMU that exits at start (no vhost-user backend, no reconnect) is a Start error
+/// carrying QEMU's own message from its log; with reconnect it waits for the switch
+/// and start times out, again with the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_failures_carry_the_log_tail() {
+    require_qemu10().await;
+    let dir = Scratch::new("nostart");
+    let sock = dir.0.join("nobody.sock");
+    let mut o = opts(&dir.0);
+    o.chardev_reconnect_ms = None;
+    let mut vm = QemuVm::new(spec("nostart", &sock), o).unwrap();
+    match vm.start().await {
+        Err(VmmError::Start { message, .. }) => {
+            eprintln!("{message}");
+            assert!(message.contains("exited at start"), "{message}");
+            assert!(message.contains("nobody.sock"), "{message}");
+        }
+        other => panic!("expected a Start error, got {other:?}"),
+    }
+    assert_eq!(vm.pid(), None);
+
+    let mut o = opts(&dir.0);
+    o.chardev_reconnect_ms = Some(200);
+    o.start_timeout = Duration::from_secs(2);
+    let mut vm = QemuVm::new(spec("waits", &sock), o).unwrap();
+    let t = Instant::now();
+    match vm.start().await {
+        Err(VmmError::Start { message, .. }) => {
+            eprintln!("{message}");
+            assert!(message.contains("no QMP"), "{message}");
+            assert!(message.contains("nobody.sock"), "{message}");
+        }
+        other => panic!("expected a Start error, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // The QEMU that waited was killed.
+    vm.stop(GRACE).await.unwrap();
+    assert_eq!(vm.status().await.unwrap().state, VmState::Stopped);
+}
+
+/// A migration to nowhere fails with QEMU's error description; the VM keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_migration_reports_the_error() {
+    require_qemu10().await;
+    let dir = Scratch::new("migfail");
+    let sock = dir.0.join("vhu.sock");
+    let _sw = switch(&sock);
+    let mut vm = QemuVm::new(spec("migfail", &sock), opts(&dir.0)).unwrap();
+    vm.start().await.unwrap();
+    let _guard = KillOnDrop(vm.pid());
+    let uri = format!("unix:{}", dir.0.join("nobody-listens.sock").display());
+    let r = tokio::time::timeout(Duration::from_secs(30), vm.migrate_out(&uri, &|_| {}))
+        .await
+        .expect("migration result within 30 s");
+    match r {
+        Err(VmmError::Migration {
+            status, message, ..
+        }) => {
+            assert_eq!(status, "failed");
+            assert!(message.contains("nobody-listens.sock"), "{message}");
+        }
+        // QEMU may refuse at once, too.
+        Err(VmmError::Command { message, .. }) => {
+            assert!(message.contains("nobody-listens.sock"), "{message}")
+        }
+        other => panic!("expected a Migration error, got {other:?}"),
+    }
+    assert_eq!(vm.status().await.unwrap().state, VmState::Running);
+    vm.stop(GRACE).await.unwrap();
+}

@@ -22,8 +22,8 @@ use crate::{VmEvent, VmmError, VmmKind};
 
 /// Default time a command may take before [`VmmError::Timeout`].
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to wait for the greeting once connected.
-const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least time given to the greeting once connected.
+const MIN_GREETING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Capacity of the event channels.
 const EVENT_CAPACITY: usize = 256;
 
@@ -172,7 +172,10 @@ impl QmpClient {
     ) -> Result<QmpClient, VmmError> {
         let deadline = Instant::now() + timeout;
         loop {
-            match Self::connect_once(vm, path, events.clone()).await {
+            let greeting = deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_GREETING_TIMEOUT);
+            match Self::connect_once(vm, path, greeting, events.clone()).await {
                 Ok(c) => return Ok(c),
                 Err(ConnectError::NotYet(e)) if Instant::now() < deadline => {
                     log::trace!("QMP {}: {e}; retrying", path.display());
@@ -185,6 +188,16 @@ impl QmpClient {
                         format!("cannot connect within {:.1} s: {e}", timeout.as_secs_f64()),
                     ))
                 }
+                Err(ConnectError::NoGreeting(after)) => {
+                    return Err(protocol(
+                        vm,
+                        path,
+                        format!(
+                            "no QMP greeting within {:.1} s (not a QMP socket, or QEMU hangs)",
+                            after.as_secs_f64()
+                        ),
+                    ))
+                }
                 Err(ConnectError::Fatal(e)) => return Err(e),
             }
         }
@@ -194,6 +207,7 @@ impl QmpClient {
     pub(crate) async fn connect_once(
         vm: &str,
         path: &Path,
+        greeting_timeout: Duration,
         events: broadcast::Sender<VmEvent>,
     ) -> Result<QmpClient, ConnectError> {
         let stream = UnixStream::connect(path)
@@ -202,17 +216,8 @@ impl QmpClient {
         let (read, write) = stream.into_split();
         let mut reader = BufReader::new(read);
         let mut line = String::new();
-        let n = match tokio::time::timeout(GREETING_TIMEOUT, reader.read_line(&mut line)).await {
-            Err(_) => {
-                return Err(ConnectError::Fatal(protocol(
-                    vm,
-                    path,
-                    format!(
-                        "not a QMP socket: no greeting within {} s",
-                        GREETING_TIMEOUT.as_secs()
-                    ),
-                )))
-            }
+        let n = match tokio::time::timeout(greeting_timeout, reader.read_line(&mut line)).await {
+            Err(_) => return Err(ConnectError::NoGreeting(greeting_timeout)),
             Ok(Err(e)) => return Err(ConnectError::NotYet(e)),
             Ok(Ok(n)) => n,
         };
@@ -369,6 +374,9 @@ impl QmpClient {
 pub(crate) enum ConnectError {
     /// Nothing (yet) listens: retry.
     NotYet(std::io::Error),
+    /// Connected, but no greeting came within this time (QEMU still initializing, e.g.
+    /// waiting for its vhost-user backend, or not QMP at all).
+    NoGreeting(Duration),
     /// Something answered wrongly: give up.
     Fatal(VmmError),
 }

@@ -9,6 +9,7 @@ mod pool_cmd;
 mod sriov_cmd;
 mod switch_cmd;
 mod table;
+mod vm;
 
 /// accelnet: SR-IOV with failover for Linux VMs.
 #[derive(Debug, Parser)]
@@ -26,6 +27,8 @@ enum Command {
     Sriov(sriov_cmd::SriovArgs),
     /// Cluster-wide checks and settings (prerequisites).
     Cluster(cluster_cmd::ClusterArgs),
+    /// Launch, list and stop VMs with the VF + synthetic pair.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,5 +49,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Switch(args) => switch_cmd::run(args),
         Command::Sriov(args) => sriov_cmd::run(args),
         Command::Cluster(args) => cluster_cmd::run(args),
+        Command::Vm(args) => vm::run(args),
     }
 }

@@ -95,7 +95,7 @@ struct ReleaseArgs {
 
 /// Resets a VF through its PF's rtnetlink link.
 #[derive(Debug)]
-struct NetlinkReset;
+pub(crate) struct NetlinkReset;
 
 impl VfReset for NetlinkReset {
     fn reset(&self, vf: &PoolVf) -> Result<(), String> {

@@ -206,7 +206,8 @@ impl ControlHandler for FakeSwitch {
             Request::Fdb {}
             | Request::PortAdd { .. }
             | Request::PortSet { .. }
-            | Request::PortDel { .. } => Response::Error {
+            | Request::PortDel { .. }
+            | Request::Announce { .. } => Response::Error {
                 message: "fdb is busy".into(),
             },
             Request::Stats {} => Response::Stats {
@@ -519,6 +520,46 @@ fn cli_port_add_del_and_metrics_on_a_running_switch() {
         ctl_s,
     ]);
     assert_eq!(o.status.code(), Some(2), "--native-vlan needs --trunk");
+
+    // Announce: no uplink here, so nothing goes out, but the FDB points at b.
+    let o = accelnet(&[
+        "switch",
+        "port",
+        "announce",
+        "b",
+        "--mac",
+        "52:54:00:00:00:0b",
+        "--control",
+        ctl_s,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "port b: announced 52:54:00:00:00:0b out of no uplink (the switch has none)\n"
+    );
+    let o = accelnet(&["switch", "fdb", "--control", ctl_s, "--json"]);
+    assert!(
+        stdout(&o).contains("52:54:00:00:00:0b") && stdout(&o).contains("\"b\""),
+        "{}",
+        stdout(&o)
+    );
+    for (port, mac, says) in [
+        ("zz", "52:54:00:00:00:0b", "no VM port named zz"),
+        ("b", "ff:ff:ff:ff:ff:ff", "multicast"),
+    ] {
+        let o = accelnet(&[
+            "switch",
+            "port",
+            "announce",
+            port,
+            "--mac",
+            mac,
+            "--control",
+            ctl_s,
+        ]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    }
 
     let o = accelnet(&["switch", "port", "del", "b", "--control", ctl_s]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

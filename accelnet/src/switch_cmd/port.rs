@@ -24,6 +24,21 @@ enum PortCommand {
     Set(SetArgs),
     /// Remove a VM port: its connections close and its socket is removed.
     Del(DelArgs),
+    /// Tell the wire a VM's MAC is now behind this port: a RARP out of every uplink,
+    /// and the switch's FDB entry points at the port (after a VF path goes away).
+    Announce(AnnounceArgs),
+}
+
+#[derive(Debug, Args)]
+struct AnnounceArgs {
+    /// VM port name.
+    name: String,
+    /// The VM's MAC.
+    #[arg(long, value_name = "MAC")]
+    mac: MacAddr,
+    /// Control socket of the running switch.
+    #[arg(long, value_name = "PATH")]
+    control: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +190,33 @@ pub fn run(args: PortArgs) -> anyhow::Result<()> {
                 }
                 Response::Error { message } => {
                     bail!("switch refused the policy of {}: {message}", a.name)
+                }
+                other => bail!("unexpected answer from the switch: {other:?}"),
+            }
+        }
+        PortCommand::Announce(a) => {
+            let req = Request::Announce {
+                port: a.name.clone(),
+                mac: a.mac,
+            };
+            match vswitch::control::request(&a.control, &req)? {
+                Response::Announced { port, mac, uplinks } => {
+                    eprintln!(
+                        "port {port}: announced {mac} out of {}",
+                        if uplinks.is_empty() {
+                            "no uplink (the switch has none)".to_string()
+                        } else {
+                            uplinks.join(", ")
+                        }
+                    );
+                    Ok(())
+                }
+                Response::Error { message } => {
+                    bail!(
+                        "switch refused to announce {} on {}: {message}",
+                        a.mac,
+                        a.name
+                    )
                 }
                 other => bail!("unexpected answer from the switch: {other:?}"),
             }

@@ -87,6 +87,7 @@ fn response_kind(resp: &Response) -> &'static str {
         Response::PortAdded { .. } => "port_added",
         Response::PortDeleted { .. } => "port_deleted",
         Response::PortUpdated { .. } => "port_updated",
+        Response::Announced { .. } => "announced",
         Response::Error { .. } => "error",
     }
 }

@@ -1,0 +1,815 @@
+//! `accelnet vm`: launch and drive VMs with the VF + synthetic pair.
+//!
+//! A launch writes the VM's record first (phase `launching`), then adds its port to
+//! the running switch, takes its direct path (a VF from the pool, or the lab
+//! stand-in tap), starts the VMM, and records the VMM's process (phase `running`).
+//! Any failure undoes what was done, in reverse, and leaves the record `failed` with
+//! the reason; a crash in between is found by the next command (`VmStore::repair`).
+
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use sriov::configure;
+use sriov::mac::MacAddr;
+use sriov::netlink::{Netlink, VfChange};
+use sriov::pool::{Owner, Select, VfPool};
+use sriov::sysfs::SysfsRoot;
+use sriov::tiers::{self, Tier};
+use vmm_plugin::ch::{ChOptions, ChVm};
+use vmm_plugin::qemu::{QemuOptions, QemuVm};
+use vmm_plugin::{DirectPath, StandinModel, SyntheticNic, VmSpec, Vmm, VmmKind};
+use vswitch::config::PortConfig;
+use vswitch::policy::PolicyConfig;
+use vswitch::{Request, Response};
+
+use crate::pool_cmd::NetlinkReset;
+use crate::sriov_cmd::print;
+use crate::table::{Align, Table};
+use store::{DirectState, Listed, Phase, VmRecord, VmStore, RECORD_VERSION};
+
+/// Arguments of `accelnet vm`.
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    #[command(flatten)]
+    paths: Paths,
+    #[command(subcommand)]
+    command: VmCommand,
+}
+
+/// Where accelnet keeps its state; the same for every `vm` subcommand.
+#[derive(Debug, Args)]
+struct Paths {
+    /// The VM store (an embedded single-file database).
+    #[arg(long, value_name = "FILE", default_value = store::DEFAULT_PATH, global = true)]
+    store: PathBuf,
+    /// The VF pool's state directory.
+    #[arg(long, value_name = "DIR", default_value = sriov::pool::DEFAULT_DIR, global = true)]
+    pool_dir: PathBuf,
+    /// Where each VM's sockets and logs go (`<run-dir>/<name>/`).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/accelnet/vms",
+        global = true
+    )]
+    run_dir: PathBuf,
+    /// Directory holding the `sys/` tree (for tests and chroots).
+    #[arg(long, value_name = "PATH", default_value = "/", global = true)]
+    sysfs_root: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Start a VM with its synthetic NIC on the switch and, when accelerated, its
+    /// direct path (a VF from the pool, or the lab stand-in).
+    Launch(Box<LaunchArgs>),
+    /// List the VMs accelnet knows, with their state.
+    List(ListArgs),
+    /// Stop VMs: shut the VMM down, remove the switch port, return the VF (reset).
+    Stop(StopArgs),
+    /// Forget stopped or failed VMs (their records go).
+    Delete(DeleteArgs),
+}
+
+/// Arguments of `accelnet vm delete`.
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    /// VM names.
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+/// Which VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VmmArg {
+    Qemu,
+    CloudHypervisor,
+}
+
+impl From<VmmArg> for VmmKind {
+    fn from(v: VmmArg) -> VmmKind {
+        match v {
+            VmmArg::Qemu => VmmKind::Qemu,
+            VmmArg::CloudHypervisor => VmmKind::CloudHypervisor,
+        }
+    }
+}
+
+/// Stand-in NIC models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModelArg {
+    E1000e,
+    Igb,
+}
+
+/// Arguments of `accelnet vm launch`.
+#[derive(Debug, Args)]
+struct LaunchArgs {
+    /// VM name (letters, digits, '-', '_', '.'); also its switch port's name.
+    name: String,
+    /// The VMM.
+    #[arg(long, value_enum, default_value = "qemu")]
+    vmm: VmmArg,
+    /// vCPUs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=512))]
+    vcpus: u32,
+    /// Guest RAM: a number of MiB, or with a unit (512M, 2G).
+    #[arg(long, default_value = "512M", value_parser = parse_size_mib)]
+    memory: u64,
+    /// Kernel image (direct boot).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs (direct boot).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (direct boot).
+    #[arg(long)]
+    append: Option<String>,
+    /// Disk image (repeatable).
+    #[arg(long)]
+    disk: Vec<PathBuf>,
+    /// The VM's MAC, shared by both paths (default: derived from the name).
+    #[arg(long)]
+    mac: Option<MacAddr>,
+    /// Control socket of the running switch.
+    #[arg(long, value_name = "PATH")]
+    switch_control: PathBuf,
+    /// Access VLAN of the VM's switch port.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4094))]
+    vlan: u16,
+    /// Performance tier (queue pairs on both paths); default low with a direct path.
+    #[arg(long, value_enum)]
+    performance: Option<TierArg>,
+    /// Queue pairs of a VM without a direct path.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8), conflicts_with = "performance")]
+    queues: u16,
+    /// Direct path: this VF (PCI address), or `auto` for any free VF of the pool.
+    #[arg(long, value_name = "PCI|auto", conflicts_with = "vf_standin")]
+    vf: Option<String>,
+    /// Direct path, lab stand-in for a VF: an emulated NIC (QEMU only) on this
+    /// existing tap, which must be attached to the wire directly.
+    #[arg(long, value_name = "TAP")]
+    vf_standin: Option<String>,
+    /// Model of the stand-in NIC.
+    #[arg(long, value_enum, default_value = "e1000e", requires = "vf_standin")]
+    standin_model: ModelArg,
+    /// The VMM binary (default: `qemu-system-x86_64` / `cloud-hypervisor`, or
+    /// ACCELNET_QEMU / ACCELNET_CLOUD_HYPERVISOR).
+    #[arg(long, value_name = "PATH")]
+    vmm_binary: Option<PathBuf>,
+    /// Print the record as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Performance tiers, as the seed names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TierArg {
+    Low,
+    Medium,
+    High,
+}
+
+impl From<TierArg> for Tier {
+    fn from(t: TierArg) -> Tier {
+        match t {
+            TierArg::Low => Tier::Low,
+            TierArg::Medium => Tier::Medium,
+            TierArg::High => Tier::High,
+        }
+    }
+}
+
+/// Arguments of `accelnet vm list`.
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `accelnet vm stop`.
+#[derive(Debug, Args)]
+struct StopArgs {
+    /// VM names.
+    #[arg(required = true)]
+    names: Vec<String>,
+    /// Seconds to wait for a clean exit before killing the VMM.
+    #[arg(long, default_value_t = 10)]
+    grace: u64,
+}
+
+/// `512`, `512M`, `2G`, `1024k`... as MiB.
+fn parse_size_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult_kib) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        None => (t, 1024),
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_lowercase();
+            let m = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "k" => 1,
+                "m" => 1024,
+                "g" => 1024 * 1024,
+                "t" => 1024 * 1024 * 1024,
+                _ => return Err(format!("unknown unit in {s:?}: use M or G (e.g. 512M, 2G)")),
+            };
+            (&t[..i], m)
+        }
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    let mib = n.saturating_mul(mult_kib) / 1024;
+    if mib < 64 {
+        return Err(format!("{s} is below the 64 MiB minimum"));
+    }
+    Ok(mib)
+}
+
+/// A VM name is also a switch port name and a directory name.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if !ok {
+        bail!(
+            "invalid VM name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        );
+    }
+    Ok(())
+}
+
+/// A locally administered MAC derived from the name (stable across launches).
+fn mac_for(name: &str) -> MacAddr {
+    // FNV-1a: small, stable, good enough to spread names.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let b = h.to_be_bytes();
+    MacAddr([0x52, 0x54, 0x00, b[1], b[2], b[3]])
+}
+
+/// Whether SMT (hyperthreading) is active on this host.
+fn host_ht(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("sys/devices/system/cpu/smt/active"))
+        .is_ok_and(|s| s.trim() == "1")
+}
+
+/// Runs `accelnet vm ...`.
+pub fn run(args: VmArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let store = VmStore::open(&args.paths.store)?;
+        for r in store.repair(Path::new("/proc"))? {
+            log::warn!("VM {}: was {}, now {} (found at start)", r.vm, r.was, r.now);
+        }
+        match args.command {
+            VmCommand::Launch(a) => launch(&store, &args.paths, &a).await,
+            VmCommand::List(a) => list(&store, &a),
+            VmCommand::Delete(a) => {
+                for name in &a.names {
+                    let rec = store.get(name)?;
+                    if !matches!(rec.phase, Phase::Stopped | Phase::Failed { .. }) {
+                        bail!("VM {name} is {}: stop it first", rec.phase.name());
+                    }
+                    store.remove(name)?;
+                    let _ = std::fs::remove_dir_all(&rec.run_dir);
+                    eprintln!("VM {name} deleted");
+                }
+                Ok(())
+            }
+            VmCommand::Stop(a) => {
+                let mut failed = Vec::new();
+                for name in &a.names {
+                    if let Err(e) =
+                        stop(&store, &args.paths, name, Duration::from_secs(a.grace)).await
+                    {
+                        eprintln!("accelnet: VM {name}: {e:#}");
+                        failed.push(name.as_str());
+                    }
+                }
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    bail!("could not stop {}", failed.join(", "))
+                }
+            }
+        }
+    })
+}
+
+fn open_pool(paths: &Paths) -> anyhow::Result<VfPool> {
+    VfPool::open(&paths.pool_dir, Arc::new(NetlinkReset))
+        .with_context(|| format!("cannot open the VF pool in {}", paths.pool_dir.display()))
+}
+
+/// A switch control request that must succeed.
+fn switch_request(control: &Path, req: &Request) -> anyhow::Result<Response> {
+    let resp = vswitch::control::request(control, req)
+        .with_context(|| format!("cannot reach the switch at {}", control.display()))?;
+    if let Response::Error { message } = &resp {
+        bail!("the switch refused: {message}");
+    }
+    Ok(resp)
+}
+
+/// The VMM driver for a record.
+async fn vmm_for(
+    rec: &VmRecord,
+    binary: Option<&Path>,
+    attach: bool,
+) -> anyhow::Result<Box<dyn Vmm>> {
+    Ok(match rec.vmm {
+        VmmKind::Qemu => {
+            let mut opts = QemuOptions::new(&rec.run_dir);
+            if let Some(b) = binary {
+                opts.binary = b.to_path_buf();
+            }
+            if attach {
+                let pid = rec.pid.context("no VMM process recorded")?;
+                Box::new(QemuVm::attach(rec.spec.clone(), opts, pid).await?)
+            } else {
+                Box::new(QemuVm::new(rec.spec.clone(), opts)?)
+            }
+        }
+        VmmKind::CloudHypervisor => {
+            let binary = binary.map(Path::to_path_buf).unwrap_or_else(|| {
+                std::env::var_os("ACCELNET_CLOUD_HYPERVISOR")
+                    .map_or_else(|| PathBuf::from("cloud-hypervisor"), PathBuf::from)
+            });
+            let opts = ChOptions::new(binary, &rec.run_dir);
+            if attach {
+                Box::new(ChVm::attach(rec.spec.clone(), opts, rec.pid).await?)
+            } else {
+                Box::new(ChVm::new(rec.spec.clone(), opts)?)
+            }
+        }
+    })
+}
+
+/// What a launch has done so far, to undo on failure (in reverse).
+#[derive(Default)]
+struct Undo {
+    port: Option<(PathBuf, String)>,
+    vf: Option<String>,
+    vmm: Option<Box<dyn Vmm>>,
+}
+
+impl Undo {
+    async fn run(mut self, paths: &Paths, vm: &str) {
+        if let Some(mut v) = self.vmm.take() {
+            if let Err(e) = v.stop(Duration::from_secs(5)).await {
+                log::warn!("VM {vm}: undo: cannot stop the VMM: {e}");
+            }
+        }
+        if let Some(vf) = self.vf.take() {
+            match open_pool(paths).and_then(|p| Ok(p.release(&vf, Some(vm))?)) {
+                Ok(_) => {}
+                Err(e) => log::warn!("VM {vm}: undo: cannot return VF {vf} to the pool: {e:#}"),
+            }
+        }
+        if let Some((control, port)) = self.port.take() {
+            if let Err(e) = switch_request(&control, &Request::PortDel { name: port }) {
+                log::warn!("VM {vm}: undo: cannot remove its switch port: {e:#}");
+            }
+        }
+    }
+}
+
+async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Result<()> {
+    check_name(&a.name)?;
+    let root = SysfsRoot::new(&paths.sysfs_root);
+    let vmm: VmmKind = a.vmm.into();
+    let has_direct = a.vf.is_some() || a.vf_standin.is_some();
+    if vmm == VmmKind::CloudHypervisor && a.vf_standin.is_some() {
+        bail!(
+            "--vf-standin is QEMU-only (an emulated NIC on a tap); cloud-hypervisor needs a real VF (--vf)"
+        );
+    }
+    let tier: Option<Tier> = match (a.performance, has_direct) {
+        (Some(t), true) => Some(t.into()),
+        (None, true) => Some(Tier::Low),
+        (Some(_), false) => bail!(
+            "--performance needs a direct path: give --vf PCI|auto (or --vf-standin TAP in the lab)"
+        ),
+        (None, false) => None,
+    };
+    let queue_pairs = match tier {
+        Some(t) => {
+            let ht = host_ht(&paths.sysfs_root);
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            tiers::check_node_cpus(t, &a.name, cpus, ht).map_err(anyhow::Error::new)?;
+            tiers::queue_pairs(t, a.vcpus, ht, None)
+                .map_err(|e| anyhow::anyhow!("{e} (VM {}: {} vCPUs)", a.name, a.vcpus))?
+        }
+        None => a.queues,
+    };
+    let mac = a.mac.unwrap_or_else(|| mac_for(&a.name));
+    if mac.is_multicast() || mac.is_zero() {
+        bail!("--mac {mac}: a VM needs a unicast, non-zero MAC");
+    }
+    let run_dir = paths.run_dir.join(&a.name);
+    let socket = run_dir.join("net.sock");
+    let direct = match (&a.vf, &a.vf_standin) {
+        (_, Some(tap)) => {
+            if !Path::new("/sys/class/net").join(tap).exists() {
+                bail!("--vf-standin {tap}: no such interface (create the tap and attach it to the wire first)");
+            }
+            Some(DirectPath::Standin {
+                tap: tap.clone(),
+                model: match a.standin_model {
+                    ModelArg::E1000e => StandinModel::E1000e,
+                    ModelArg::Igb => StandinModel::Igb,
+                },
+            })
+        }
+        // The VF's address is known after the pool gives it.
+        (Some(_), None) => None,
+        (None, None) => None,
+    };
+    let spec = VmSpec {
+        name: a.name.clone(),
+        vcpus: a.vcpus,
+        memory_mib: a.memory,
+        kernel: a.kernel.clone(),
+        initrd: a.initrd.clone(),
+        cmdline: a.append.clone(),
+        disks: a.disk.clone(),
+        nic: SyntheticNic {
+            mac: mac.to_string(),
+            socket: socket.clone(),
+            queue_pairs,
+        },
+        direct,
+        console_log: Some(run_dir.join("console.log")),
+        incoming: false,
+    };
+    let mut rec = VmRecord {
+        version: RECORD_VERSION,
+        vmm,
+        spec,
+        performance: tier,
+        port: a.name.clone(),
+        switch_control: a.switch_control.clone(),
+        vf: None,
+        direct: if has_direct {
+            DirectState::Attached
+        } else {
+            DirectState::None
+        },
+        pid: None,
+        start_time: None,
+        run_dir: run_dir.clone(),
+        phase: Phase::Launching,
+        updated: store::now(),
+    };
+    // The record first: a crash from here on is found and repaired.
+    store.insert(&rec)?;
+    let mut undo = Undo::default();
+    let res = launch_steps(store, paths, a, &root, &mut rec, &mut undo).await;
+    match res {
+        Ok(()) => {
+            if a.json {
+                return print(&(serde_json::to_string_pretty(&rec)? + "\n"));
+            }
+            let mut out = format!(
+                "VM {} running on {} (pid {}), MAC {}, {} queue pair(s)\n  synthetic path: switch port {} ({})\n",
+                rec.name(),
+                rec.vmm,
+                rec.pid.map_or("-".into(), |p| p.to_string()),
+                rec.spec.nic.mac,
+                queue_pairs,
+                rec.port,
+                rec.spec.nic.socket.display()
+            );
+            match &rec.spec.direct {
+                Some(DirectPath::Vf { pci }) => {
+                    out.push_str(&format!("  direct path: VF {pci} (vfio-pci)\n"))
+                }
+                Some(DirectPath::Standin { tap, model }) => out.push_str(&format!(
+                    "  direct path: lab stand-in {} on tap {tap} (not a VF)\n",
+                    model.qemu_device()
+                )),
+                None => out.push_str("  direct path: none (not accelerated)\n"),
+            }
+            if rec.vmm == VmmKind::CloudHypervisor && rec.spec.direct.is_some() {
+                out.push_str(
+                    "  note: cloud-hypervisor has no virtio-net STANDBY (failover) support: the guest \
+                     sees two NICs, and accelnet switches paths itself (removes the VF, makes the \
+                     synthetic path carry the MAC, re-adds it)\n",
+                );
+            }
+            print(&out)
+        }
+        Err(e) => {
+            undo.run(paths, &a.name).await;
+            let reason = format!("{e:#}");
+            if let Err(e2) = store.update(&a.name, |r| {
+                r.phase = Phase::Failed {
+                    reason: reason.clone(),
+                };
+                r.pid = None;
+                r.start_time = None;
+                r.vf = None;
+                Ok(())
+            }) {
+                log::warn!("VM {}: cannot record the failure: {e2}", a.name);
+            }
+            Err(e.context(format!(
+                "launch of VM {} failed; everything it set up was undone",
+                a.name
+            )))
+        }
+    }
+}
+
+async fn launch_steps(
+    store: &VmStore,
+    paths: &Paths,
+    a: &LaunchArgs,
+    root: &SysfsRoot,
+    rec: &mut VmRecord,
+    undo: &mut Undo,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&rec.run_dir)
+        .with_context(|| format!("cannot create {}", rec.run_dir.display()))?;
+    // 1. The synthetic path: a port on the switch, only the VM's MAC may send.
+    let mac: MacAddr = rec.spec.nic.mac.parse()?;
+    let mut port = PortConfig::new(&rec.spec.nic.socket);
+    port.name = Some(rec.port.clone());
+    port.vlan = a.vlan;
+    port.queues = rec.spec.nic.queue_pairs;
+    port.policy = PolicyConfig {
+        allowed_macs: vec![vswitch::MacAddr(mac.0)],
+        ..PolicyConfig::default()
+    };
+    switch_request(&rec.switch_control, &Request::PortAdd { port })?;
+    undo.port = Some((rec.switch_control.clone(), rec.port.clone()));
+    // 2. The direct path: a VF from the pool, with the VM's MAC, on vfio-pci.
+    if let Some(want) = &a.vf {
+        let pool = open_pool(paths)?;
+        pool.sync(&crate::sriov_cmd::discover_host(
+            &crate::sriov_cmd::RootArgRef {
+                root,
+                real: paths.sysfs_root == Path::new("/"),
+            },
+        )?)?;
+        let select = Select {
+            vf: (want != "auto").then(|| want.clone()),
+            ..Select::default()
+        };
+        let vf = pool.allocate(
+            &Owner::vm(&rec.spec.name),
+            &select,
+            |vf| -> anyhow::Result<()> {
+                let netdev = vf
+                    .pf_netdev
+                    .as_deref()
+                    .with_context(|| format!("PF {} has no network interface", vf.pf))?;
+                Netlink::open()?.apply_vf(
+                    netdev,
+                    vf.index,
+                    &VfChange {
+                        mac: Some(mac),
+                        spoof_check: Some(true),
+                        ..VfChange::default()
+                    },
+                )?;
+                configure::bind_vfio(root, &vf.vf)?;
+                Ok(())
+            },
+        )?;
+        undo.vf = Some(vf.vf.clone());
+        rec.vf = Some(vf.vf.clone());
+        rec.spec.direct = Some(DirectPath::Vf { pci: vf.vf.clone() });
+        store.update(rec.name(), |r| {
+            r.vf = Some(vf.vf.clone());
+            r.spec.direct = Some(DirectPath::Vf { pci: vf.vf.clone() });
+            Ok(())
+        })?;
+    }
+    // 3. The VMM.
+    let mut vmm = vmm_for(rec, a.vmm_binary.as_deref(), false).await?;
+    let started = vmm.start().await;
+    let status = match started {
+        Ok(()) => vmm.status().await,
+        Err(e) => Err(e),
+    };
+    undo.vmm = Some(vmm);
+    let status = status?;
+    rec.pid = status.pid;
+    rec.start_time = status
+        .pid
+        .and_then(|p| store::proc_start_time(Path::new("/proc"), p));
+    rec.phase = Phase::Running;
+    let (pid, start_time) = (rec.pid, rec.start_time);
+    *rec = store.update(rec.name(), |r| {
+        r.pid = pid;
+        r.start_time = start_time;
+        r.phase = Phase::Running;
+        Ok(())
+    })?;
+    // Launched: nothing to undo any more. The VMM handle is dropped without
+    // stopping the VM (it runs in its own process group).
+    undo.vmm = None;
+    undo.vf = None;
+    undo.port = None;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ListRow<'a> {
+    name: &'a str,
+    vmm: VmmKind,
+    phase: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    vcpus: u32,
+    memory_mib: u64,
+    mac: &'a str,
+    port: &'a str,
+    direct: DirectState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vf: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    performance: Option<Tier>,
+    queue_pairs: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+}
+
+fn list(store: &VmStore, a: &ListArgs) -> anyhow::Result<()> {
+    let listed = store.list()?;
+    let mut rows = Vec::new();
+    let mut corrupt = Vec::new();
+    for l in &listed {
+        match l {
+            Listed::Ok(r) => rows.push(ListRow {
+                name: r.name(),
+                vmm: r.vmm,
+                phase: r.phase.name(),
+                reason: match &r.phase {
+                    Phase::Failed { reason } => Some(reason),
+                    _ => None,
+                },
+                vcpus: r.spec.vcpus,
+                memory_mib: r.spec.memory_mib,
+                mac: &r.spec.nic.mac,
+                port: &r.port,
+                direct: r.direct,
+                vf: match &r.spec.direct {
+                    Some(DirectPath::Vf { pci }) => Some(pci),
+                    Some(DirectPath::Standin { tap, .. }) => Some(tap),
+                    None => None,
+                },
+                performance: r.performance,
+                queue_pairs: r.spec.nic.queue_pairs,
+                pid: r.pid,
+            }),
+            Listed::Corrupt { vm, message } => corrupt.push((vm, message)),
+        }
+    }
+    for (vm, message) in &corrupt {
+        eprintln!("accelnet: VM {vm}: {message}");
+    }
+    if a.json {
+        print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
+    } else if rows.is_empty() && corrupt.is_empty() {
+        print("no VMs\n")?;
+    } else {
+        let mut t = Table::new(&[
+            ("NAME", Align::Left),
+            ("VMM", Align::Left),
+            ("STATE", Align::Left),
+            ("VCPUS", Align::Right),
+            ("MEMORY", Align::Right),
+            ("MAC", Align::Left),
+            ("DIRECT", Align::Left),
+            ("VF", Align::Left),
+            ("TIER", Align::Left),
+            ("QP", Align::Right),
+            ("PID", Align::Right),
+        ]);
+        for r in &rows {
+            t.row(vec![
+                r.name.to_string(),
+                r.vmm.to_string(),
+                r.phase.to_string(),
+                r.vcpus.to_string(),
+                format!("{}M", r.memory_mib),
+                r.mac.to_string(),
+                match r.direct {
+                    DirectState::None => "-",
+                    DirectState::Attached => "attached",
+                    DirectState::Detached => "detached",
+                }
+                .to_string(),
+                r.vf.unwrap_or("-").to_string(),
+                r.performance
+                    .map_or("-".to_string(), |t| format!("{t:?}").to_lowercase()),
+                r.queue_pairs.to_string(),
+                r.pid.map_or("-".to_string(), |p| p.to_string()),
+            ]);
+        }
+        let mut out = t.render();
+        for r in &rows {
+            if let Some(reason) = r.reason {
+                out.push_str(&format!("{}: failed: {reason}\n", r.name));
+            }
+        }
+        print(&out)?;
+    }
+    if corrupt.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} VM record(s) are unreadable (see above)", corrupt.len())
+    }
+}
+
+async fn stop(store: &VmStore, paths: &Paths, name: &str, grace: Duration) -> anyhow::Result<()> {
+    let rec = store.get(name)?;
+    if matches!(rec.phase, Phase::Stopped) {
+        bail!("already stopped");
+    }
+    store.update(name, |r| {
+        r.phase = Phase::Stopping;
+        Ok(())
+    })?;
+    if rec.process_alive(Path::new("/proc")) {
+        let mut vmm = vmm_for(&rec, None, true).await?;
+        vmm.stop(grace).await?;
+    }
+    match vswitch::control::request(
+        &rec.switch_control,
+        &Request::PortDel {
+            name: rec.port.clone(),
+        },
+    ) {
+        Ok(Response::PortDeleted { .. }) => {}
+        Ok(Response::Error { message }) if message.contains("no VM port named") => {}
+        Ok(other) => log::warn!("VM {name}: removing its switch port: {other:?}"),
+        Err(e) => log::warn!("VM {name}: cannot reach the switch to remove its port: {e}"),
+    }
+    if let Some(vf) = &rec.vf {
+        let outcome = open_pool(paths)?.release(vf, Some(name))?;
+        if let sriov::pool::Outcome::Quarantined { reason } = outcome {
+            log::warn!("VM {name}: VF {vf} could not be reset and is quarantined: {reason}");
+        }
+    }
+    store.update(name, |r| {
+        r.phase = Phase::Stopped;
+        r.pid = None;
+        r.start_time = None;
+        r.vf = None;
+        if r.direct == DirectState::Attached {
+            r.direct = DirectState::Detached;
+        }
+        Ok(())
+    })?;
+    eprintln!("VM {name} stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_sizes() {
+        assert_eq!(parse_size_mib("512M"), Ok(512));
+        assert_eq!(parse_size_mib("2G"), Ok(2048));
+        assert_eq!(parse_size_mib("2GiB"), Ok(2048));
+        assert_eq!(parse_size_mib("1024"), Ok(1024));
+        assert_eq!(parse_size_mib("131072k"), Ok(128));
+        assert!(parse_size_mib("32M").unwrap_err().contains("64 MiB"));
+        assert!(parse_size_mib("12X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size_mib("M").unwrap_err().contains("not a size"));
+    }
+
+    #[test]
+    fn test_names_and_macs() {
+        assert!(check_name("web-1.prod_a").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        let m = mac_for("web1");
+        assert_eq!(m, mac_for("web1"));
+        assert_ne!(m, mac_for("web2"));
+        assert_eq!(&m.0[..3], &[0x52, 0x54, 0x00]);
+    }
+}

@@ -1,0 +1,294 @@
+#![allow(clippy::tests_outside_test_module)]
+//! `accelnet vm launch|list|stop` with a real QEMU 10 TCG guest and its failover pair.
+//!
+//! One hypervisor host (a netns on the lab wire) is laid out like an SR-IOV host:
+//!
+//! ```text
+//!   wire br0 ==== uplink0 --[esw0]-- tap (VF stand-in: e1000e, QEMU's failover primary)
+//!                             |
+//!                             +---- pf0 ~~ pfup0: uplink of `accelnet switch run`
+//!                                                  `- port vm1 (vhost-user, failover standby)
+//! ```
+//!
+//! `esw0`, a Linux bridge, plays the PF's embedded switch: the VF (tap) and the PF
+//! (the switch's uplink) hang off it, and the wire sees the VM's MAC behind one port
+//! whichever path carries it. The test launches the VM through the CLI, checks that the
+//! guest shows a net_failover master with the e1000e primary, that the wire reaches the
+//! guest with the switch carrying (almost) nothing, that `vm list` reports it, that bad
+//! launches are refused with their seed ids, and that `vm stop` tears it all down.
+//! Needs root and QEMU >= 10; without them the test FAILS with the reason.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use integration_tests::{accelnet_binary, log, run_cmd, Lab, SwitchProcess, Wire};
+use serde_json::Value;
+
+const MAC: &str = "52:54:00:77:00:01";
+const GUEST_IP: &str = "10.99.0.2";
+
+/// Runs `argv` in netns `ns`; panics unless it exits with 0.
+fn in_ns(ns: &str, argv: &[&str]) -> String {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(argv);
+    let out = run_cmd(&all, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.success(),
+        "{argv:?} exited with {}:\n{}",
+        out.status,
+        out.output
+    );
+    out.output
+}
+
+/// `accelnet ARGS` in netns `ns`: (exit status, output).
+fn accelnet(ns: &str, bin: &Path, args: &[&str]) -> (i32, String) {
+    let bin = bin.to_string_lossy();
+    let mut all = vec!["ip", "netns", "exec", ns, bin.as_ref()];
+    all.extend_from_slice(args);
+    let out = run_cmd(&all, Duration::from_secs(180)).unwrap_or_else(|e| panic!("{e}"));
+    log(format!(
+        "accelnet {} -> {}\n{}",
+        args.join(" "),
+        out.status,
+        out.output.trim_end()
+    ));
+    (out.status, out.output)
+}
+
+/// Waits until `file` has a line containing every one of `needles`; returns it.
+fn wait_line(file: &Path, needles: &[&str], timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if let Some(l) = text
+            .lines()
+            .rev()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {needles:?} in {} after {timeout:?}; tail:\n{}",
+            file.display(),
+            text.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn switch_stats(ns: &str, bin: &Path, ctl: &str, port: &str) -> (u64, u64) {
+    let (st, out) = accelnet(ns, bin, &["switch", "stats", "--control", ctl, "--json"]);
+    assert_eq!(st, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let p = v["ports"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == port))
+        .unwrap_or_else(|| panic!("no port {port} in {v}"));
+    (
+        p["rx_packets"].as_u64().unwrap_or(0),
+        p["tx_packets"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn qemu_vm_launch_failover_pair_list_and_stop() {
+    let lab = Lab::new("qemu_vm_launch").unwrap_or_else(|e| panic!("{e}"));
+    let bin = accelnet_binary().unwrap_or_else(|e| panic!("{e}"));
+    let wire = Wire::create().unwrap_or_else(|e| panic!("{e}"));
+    let host = wire.add_host().unwrap_or_else(|e| panic!("{e}"));
+    let ns = host.netns();
+    // The host's embedded switch: physical port uplink0, the PF (pf0 ~ pfup0) and the VF tap.
+    for cmd in [
+        "ip link add esw0 type bridge stp_state 0 forward_delay 0",
+        "ip link set esw0 up",
+        "ip link set uplink0 master esw0",
+        "ip link add pf0 type veth peer name pfup0",
+        "ip link set pf0 master esw0",
+        "ip link set pf0 up",
+        "ip link set pfup0 up",
+        "ip tuntap add dev vf0tap mode tap",
+        "ip link set vf0tap master esw0",
+        "ip link set vf0tap up",
+    ] {
+        in_ns(ns, &cmd.split(' ').collect::<Vec<_>>());
+    }
+    let run = lab.run_dir().to_path_buf();
+    let ctl = run.join("switch.ctl");
+    let ctl_s = ctl.to_string_lossy().into_owned();
+    let mut sw = SwitchProcess::start_in(
+        Some(ns),
+        lab.log_dir(),
+        &[
+            "--uplink".into(),
+            "pfup0".into(),
+            "--control".into(),
+            ctl_s.clone(),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    sw.wait_path(&ctl, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let state = |p: &str| run.join(p).to_string_lossy().into_owned();
+    let (store, pool, vms) = (state("vms.redb"), state("pool"), state("vms"));
+    let kernel = lab.kernel().to_string_lossy().into_owned();
+    let initrd = lab.initrd().to_string_lossy().into_owned();
+    let append = format!(
+        "console=ttyS0 loglevel=4 panic=-1 mitigations=off lab.role=server lab.timeout=900 \
+         lab.stats=1 lab.ip={GUEST_IP}/24 lab.mac={MAC}"
+    );
+    let common = ["--store", &store, "--pool-dir", &pool, "--run-dir", &vms];
+    let launch = |name: &str, extra: &[&str]| {
+        let mut args = vec!["vm", "launch", name];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(&[
+            "--switch-control",
+            &ctl_s,
+            "--memory",
+            "256M",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--append",
+            &append,
+        ]);
+        args.extend_from_slice(extra);
+        accelnet(ns, &bin, &args)
+    };
+
+    // Bad launches first: nothing may be left behind by them.
+    let (st, out) = launch("small", &["--vcpus", "1", "--vf-standin", "vf0tap"]);
+    assert_eq!(st, 1, "{out}");
+    assert!(out.contains("ht_enabled_min_processor_counter"), "{out}");
+    let (st, out) = launch("notap", &["--vcpus", "2", "--vf-standin", "nosuchtap"]);
+    assert_eq!(st, 1, "{out}");
+    assert!(out.contains("nosuchtap: no such interface"), "{out}");
+    let (st, out) = launch("bad/name", &["--vcpus", "2"]);
+    assert_eq!(st, 1, "{out}");
+    assert!(out.contains("invalid VM name"), "{out}");
+
+    // The real launch: 2 vCPUs (the low tier's minimum), e1000e stand-in on vf0tap.
+    let t0 = Instant::now();
+    let (st, out) = launch(
+        "vm1",
+        &[
+            "--vcpus",
+            "2",
+            "--mac",
+            MAC,
+            "--vf-standin",
+            "vf0tap",
+            "--performance",
+            "low",
+        ],
+    );
+    assert_eq!(st, 0, "{out}");
+    assert!(
+        out.contains("direct path: lab stand-in e1000e on tap vf0tap"),
+        "{out}"
+    );
+    let console = PathBuf::from(&vms).join("vm1/console.log");
+    // Keep the guest's console and QEMU's log with the test's logs, whatever happens.
+    struct Keep(PathBuf, PathBuf);
+    impl Drop for Keep {
+        fn drop(&mut self) {
+            for f in ["console.log", "vm1.log"] {
+                let _ = std::fs::copy(self.0.join(f), self.1.join(format!("vm1-{f}")));
+            }
+        }
+    }
+    let _keep = Keep(PathBuf::from(&vms).join("vm1"), lab.log_dir().to_path_buf());
+    wait_line(
+        &console,
+        &["LAB:", "server ready"],
+        Duration::from_secs(180),
+    );
+    // net_failover: the master (eth0) with the virtio standby and the e1000e primary.
+    let topo = wait_line(
+        &console,
+        // The master (driver virtio_net, no master) up, the e1000e primary up under it.
+        &["netdevs:", ",virtio_net,up)", ",e1000e,master=eth0,up)"],
+        Duration::from_secs(60),
+    );
+    log(format!(
+        "guest up with its failover pair {:.1} s after launch: {topo}",
+        t0.elapsed().as_secs_f64()
+    ));
+    // Once the primary's link is up the wire reaches the guest through it, not the switch.
+    let (rx0, tx0) = switch_stats(ns, &bin, &ctl_s, "vm1");
+    let ping = wire
+        .ping(GUEST_IP, 20, 60)
+        .unwrap_or_else(|e| panic!("wire -> guest: {e}"));
+    assert!(ping.received >= 15, "{ping:?}");
+    let (rx1, tx1) = switch_stats(ns, &bin, &ctl_s, "vm1");
+    log(format!(
+        "20 pings ({} answered): switch port vm1 rx {} tx {} during them",
+        ping.received,
+        rx1 - rx0,
+        tx1 - tx0
+    ));
+    assert!(
+        rx1 - rx0 < 5,
+        "the guest's replies should leave through the primary, not the switch ({} frames)",
+        rx1 - rx0
+    );
+
+    // vm list: running, with its pid and direct path.
+    let mut args = vec!["vm", "list", "--json"];
+    args.extend_from_slice(&common);
+    let (st, out) = accelnet(ns, &bin, &args);
+    assert_eq!(st, 0, "{out}");
+    let list: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let vm1 = list
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == "vm1"))
+        .unwrap_or_else(|| panic!("vm1 not listed: {out}"));
+    assert_eq!(vm1["phase"], "running", "{vm1}");
+    assert_eq!(vm1["direct"], "attached", "{vm1}");
+    assert_eq!(vm1["performance"], "low", "{vm1}");
+    let pid = vm1["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid: {vm1}"));
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // The failed launches are recorded as failed, not lost; the bad name never was.
+    for name in ["small", "notap"] {
+        assert!(
+            !list.as_array().is_some_and(|a| a
+                .iter()
+                .any(|v| v["name"] == name && v["phase"] == "running")),
+            "{out}"
+        );
+    }
+
+    // A second launch of a running VM is refused.
+    let (st, out) = launch("vm1", &["--vcpus", "2", "--vf-standin", "vf0tap"]);
+    assert_eq!(st, 1, "{out}");
+    assert!(
+        out.contains("a VM named vm1 exists already (running)"),
+        "{out}"
+    );
+
+    // Stop: QEMU gone, switch port gone, record stopped.
+    let mut args = vec!["vm", "stop", "vm1"];
+    args.extend_from_slice(&common);
+    let (st, out) = accelnet(ns, &bin, &args);
+    assert_eq!(st, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU {pid} still runs after vm stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (st, out) = accelnet(ns, &bin, &["switch", "ports", "--control", &ctl_s]);
+    assert_eq!(st, 0, "{out}");
+    assert!(!out.contains("vm1"), "port vm1 still on the switch:\n{out}");
+    let mut args = vec!["vm", "list", "--json"];
+    args.extend_from_slice(&common);
+    let (_, out) = accelnet(ns, &bin, &args);
+    assert!(out.contains("\"phase\": \"stopped\""), "{out}");
+    drop(sw);
+}

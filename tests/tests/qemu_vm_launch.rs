@@ -132,6 +132,17 @@ fn qemu_vm_launch_failover_pair_list_and_stop() {
         .unwrap_or_else(|e| panic!("{e}"));
     let state = |p: &str| run.join(p).to_string_lossy().into_owned();
     let (store, pool, vms) = (state("vms.redb"), state("pool"), state("vms"));
+    // QEMU runs in its own process group (it outlives the CLI that launched it): if the
+    // test fails before `vm stop`, kill whatever runs from this test's run dir.
+    struct KillVms(String);
+    impl Drop for KillVms {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-f", &self.0])
+                .status();
+        }
+    }
+    let _kill = KillVms(vms.clone());
     let kernel = lab.kernel().to_string_lossy().into_owned();
     let initrd = lab.initrd().to_string_lossy().into_owned();
     let append = format!(

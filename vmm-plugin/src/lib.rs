@@ -89,6 +89,59 @@ pub struct VmSpec {
     pub incoming: bool,
 }
 
+/// Least guest RAM a VM is started with, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 64;
+
+/// Most queue pairs of the synthetic NIC (the switch's limit).
+pub const MAX_QUEUE_PAIRS: u16 = 8;
+
+/// Whether `mac` is `xx:xx:xx:xx:xx:xx` (hex) and unicast.
+pub fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
+}
+
+impl VmSpec {
+    /// A [`VmmError::Spec`] about this VM.
+    pub fn error(&self, message: impl Into<String>) -> VmmError {
+        VmmError::Spec {
+            vm: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// The checks every VMM needs: at least one vCPU, [`MIN_MEMORY_MIB`] of RAM, a
+    /// unicast MAC, 1 to [`MAX_QUEUE_PAIRS`] queue pairs.
+    pub fn check_sizes(&self) -> Result<(), VmmError> {
+        if self.vcpus == 0 {
+            return Err(self.error("vcpus must be at least 1"));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(self.error(format!(
+                "memory {} MiB is below the minimum of {MIN_MEMORY_MIB} MiB",
+                self.memory_mib
+            )));
+        }
+        if !valid_mac(&self.nic.mac) {
+            return Err(self.error(format!(
+                "bad MAC {:?} (want a unicast xx:xx:xx:xx:xx:xx)",
+                self.nic.mac
+            )));
+        }
+        if self.nic.queue_pairs == 0 || self.nic.queue_pairs > MAX_QUEUE_PAIRS {
+            return Err(self.error(format!(
+                "queue pairs {} out of range 1..={MAX_QUEUE_PAIRS}",
+                self.nic.queue_pairs
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The virtio-net device on a vhost-user port of the accelnet switch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyntheticNic {

@@ -14,15 +14,13 @@ use super::api::{
     VmConfig,
 };
 use crate::{DirectPath, VmSpec, VmmError};
+// Shared by both VMMs; re-exported where callers of this module look for them.
+pub use crate::{valid_mac, MAX_QUEUE_PAIRS, MIN_MEMORY_MIB};
 
 /// Device id of the direct path (the VF) in the VM config.
 pub const PRIMARY_ID: &str = "primary0";
 /// Device id of the synthetic NIC (vhost-user net) in the VM config.
 pub const SYNTHETIC_ID: &str = "synth0";
-/// Smallest guest RAM accepted, in MiB.
-pub const MIN_MEMORY_MIB: u64 = 64;
-/// Most queue pairs accepted on the synthetic NIC.
-pub const MAX_QUEUE_PAIRS: u16 = 8;
 
 /// How to run cloud-hypervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,23 +72,6 @@ impl ChOptions {
     }
 }
 
-fn spec_err(spec: &VmSpec, message: impl Into<String>) -> VmmError {
-    VmmError::Spec {
-        vm: spec.name.clone(),
-        message: message.into(),
-    }
-}
-
-/// Checks a MAC address: six colon-separated hex bytes, unicast.
-pub fn valid_mac(mac: &str) -> bool {
-    let parts: Vec<&str> = mac.split(':').collect();
-    parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
-        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
-}
-
 /// Normalises a host PCI address to sysfs form `DDDD:BB:DD.F` (a missing domain
 /// is `0000`); `None` when it is not one.
 pub fn normalize_pci(pci: &str) -> Option<String> {
@@ -117,29 +98,25 @@ pub fn normalize_pci(pci: &str) -> Option<String> {
 pub fn direct_device(spec: &VmSpec, path: &DirectPath) -> Result<DeviceConfig, VmmError> {
     match path {
         DirectPath::Vf { pci } => {
-            let bdf = normalize_pci(pci).ok_or_else(|| {
-                spec_err(spec, format!("VF PCI address {pci:?} is not DDDD:BB:DD.F"))
-            })?;
+            let bdf = normalize_pci(pci)
+                .ok_or_else(|| spec.error(format!("VF PCI address {pci:?} is not DDDD:BB:DD.F")))?;
             Ok(DeviceConfig {
                 path: Some(format!("/sys/bus/pci/devices/{bdf}/")),
                 id: Some(PRIMARY_ID.to_owned()),
             })
         }
-        DirectPath::Standin { tap, model } => Err(spec_err(
-            spec,
-            format!(
-                "the direct-path stand-in ({} on tap {tap}) is QEMU-only: cloud-hypervisor \
+        DirectPath::Standin { tap, model } => Err(spec.error(format!(
+            "the direct-path stand-in ({} on tap {tap}) is QEMU-only: cloud-hypervisor \
                  cannot emulate e1000e/igb NICs and needs a real VF (vfio-pci) as direct path",
-                model.qemu_device()
-            ),
-        )),
+            model.qemu_device()
+        ))),
     }
 }
 
 fn path_str(spec: &VmSpec, what: &str, p: &std::path::Path) -> Result<String, VmmError> {
     p.to_str()
         .map(str::to_owned)
-        .ok_or_else(|| spec_err(spec, format!("{what} path {} is not UTF-8", p.display())))
+        .ok_or_else(|| spec.error(format!("{what} path {} is not UTF-8", p.display())))
 }
 
 /// Checks what cloud-hypervisor would refuse: 0 vCPUs, less than 64 MiB RAM, a bad
@@ -157,48 +134,18 @@ pub fn validate(spec: &VmSpec) -> Result<(), VmmError> {
 /// [`PRIMARY_ID`]]; `serial` to the console log file (or `Null`), `console` `Off`.
 pub fn vm_config(spec: &VmSpec) -> Result<VmConfig, VmmError> {
     if spec.name.is_empty() || spec.name.contains(['/', '\0']) {
-        return Err(spec_err(spec, "VM name must be non-empty without '/'"));
+        return Err(spec.error("VM name must be non-empty without '/'"));
     }
-    if spec.vcpus == 0 {
-        return Err(spec_err(spec, "vcpus must be at least 1"));
-    }
-    if spec.memory_mib < MIN_MEMORY_MIB {
-        return Err(spec_err(
-            spec,
-            format!(
-                "memory {} MiB is below the minimum of {MIN_MEMORY_MIB} MiB",
-                spec.memory_mib
-            ),
-        ));
-    }
-    if !valid_mac(&spec.nic.mac) {
-        return Err(spec_err(
-            spec,
-            format!(
-                "MAC {:?} is not a unicast xx:xx:xx:xx:xx:xx address",
-                spec.nic.mac
-            ),
-        ));
-    }
-    if spec.nic.queue_pairs == 0 || spec.nic.queue_pairs > MAX_QUEUE_PAIRS {
-        return Err(spec_err(
-            spec,
-            format!(
-                "queue pairs {} out of range 1..={MAX_QUEUE_PAIRS}",
-                spec.nic.queue_pairs
-            ),
-        ));
-    }
+    spec.check_sizes()?;
     let Some(kernel) = &spec.kernel else {
-        return Err(spec_err(
-            spec,
+        return Err(spec.error(
             "cloud-hypervisor needs a kernel to boot (payload.kernel); no firmware is configured",
         ));
     };
     let memory_bytes = spec
         .memory_mib
         .checked_mul(1024 * 1024)
-        .ok_or_else(|| spec_err(spec, "memory size overflows"))?;
+        .ok_or_else(|| spec.error("memory size overflows"))?;
     let devices = match &spec.direct {
         Some(path) => vec![direct_device(spec, path)?],
         None => Vec::new(),
@@ -263,7 +210,7 @@ pub fn vm_config(spec: &VmSpec) -> Result<VmConfig, VmmError> {
 /// The VM config as JSON (what `vm.create` carries).
 pub fn vm_config_json(spec: &VmSpec) -> Result<serde_json::Value, VmmError> {
     let config = vm_config(spec)?;
-    serde_json::to_value(config).map_err(|e| spec_err(spec, format!("cannot encode VmConfig: {e}")))
+    serde_json::to_value(config).map_err(|e| spec.error(format!("cannot encode VmConfig: {e}")))
 }
 
 /// The argv (binary first) launching an empty cloud-hypervisor for `spec`:
@@ -278,10 +225,9 @@ pub fn ch_argv(spec: &VmSpec, opts: &ChOptions) -> Result<Vec<String>, VmmError>
     for p in [&sock, &events] {
         let s = path_str(spec, "run dir", p)?;
         if s.contains(',') {
-            return Err(spec_err(
-                spec,
-                format!("run dir path {s} contains ',' (cloud-hypervisor option separator)"),
-            ));
+            return Err(spec.error(format!(
+                "run dir path {s} contains ',' (cloud-hypervisor option separator)"
+            )));
         }
     }
     Ok(vec![

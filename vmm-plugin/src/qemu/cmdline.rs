@@ -16,6 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::{DirectPath, VmSpec, VmmError};
+// Shared by both VMMs; re-exported where callers of this module look for them.
+pub use crate::{valid_mac, MAX_QUEUE_PAIRS, MIN_MEMORY_MIB};
 
 use super::{Accel, QemuOptions};
 
@@ -34,11 +36,6 @@ pub const PRIMARY_PORT: &str = "root0";
 /// PCIe root port that holds the standby.
 pub const STANDBY_PORT: &str = "root1";
 
-/// Minimum guest RAM in MiB.
-pub const MIN_MEMORY_MIB: u64 = 64;
-/// Most queue pairs accepted for the synthetic NIC.
-pub const MAX_QUEUE_PAIRS: u16 = 8;
-
 /// The QMP socket of a VM: `<run_dir>/<name>.qmp`.
 pub fn qmp_path(spec: &VmSpec, opts: &QemuOptions) -> PathBuf {
     opts.run_dir.join(format!("{}.qmp", spec.name))
@@ -47,23 +44,6 @@ pub fn qmp_path(spec: &VmSpec, opts: &QemuOptions) -> PathBuf {
 /// QEMU's log (its stdout and stderr): `<run_dir>/<name>.log`.
 pub fn log_path(spec: &VmSpec, opts: &QemuOptions) -> PathBuf {
     opts.run_dir.join(format!("{}.log", spec.name))
-}
-
-fn spec_err(spec: &VmSpec, message: impl Into<String>) -> VmmError {
-    VmmError::Spec {
-        vm: spec.name.clone(),
-        message: message.into(),
-    }
-}
-
-/// Whether `mac` is `xx:xx:xx:xx:xx:xx` (hex), unicast.
-pub fn valid_mac(mac: &str) -> bool {
-    let parts: Vec<&str> = mac.split(':').collect();
-    parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
-        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
 }
 
 /// A value inside a QEMU option list: commas are doubled.
@@ -84,67 +64,34 @@ pub fn validate(spec: &VmSpec) -> Result<(), VmmError> {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         || spec.name.starts_with('.')
     {
-        return Err(spec_err(
-            spec,
+        return Err(spec.error(
             "the VM name must be non-empty and use only letters, digits, '-', '_' and '.'",
         ));
     }
-    if spec.vcpus == 0 {
-        return Err(spec_err(spec, "vcpus must be at least 1"));
-    }
-    if spec.memory_mib < MIN_MEMORY_MIB {
-        return Err(spec_err(
-            spec,
-            format!(
-                "memory {} MiB is below the minimum of {MIN_MEMORY_MIB} MiB",
-                spec.memory_mib
-            ),
-        ));
-    }
-    if !valid_mac(&spec.nic.mac) {
-        return Err(spec_err(
-            spec,
-            format!(
-                "bad MAC {:?} (want a unicast xx:xx:xx:xx:xx:xx)",
-                spec.nic.mac
-            ),
-        ));
-    }
-    if spec.nic.queue_pairs == 0 || spec.nic.queue_pairs > MAX_QUEUE_PAIRS {
-        return Err(spec_err(
-            spec,
-            format!(
-                "queue pairs {} out of range 1..={MAX_QUEUE_PAIRS}",
-                spec.nic.queue_pairs
-            ),
-        ));
-    }
+    spec.check_sizes()?;
     for (what, file) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
         if let Some(f) = file {
             if !f.is_file() {
-                return Err(spec_err(
-                    spec,
-                    format!("{what} {} is not a file", f.display()),
-                ));
+                return Err(spec.error(format!("{what} {} is not a file", f.display())));
             }
         }
     }
     if spec.kernel.is_none() && (spec.initrd.is_some() || spec.cmdline.is_some()) {
-        return Err(spec_err(spec, "initrd or cmdline given without a kernel"));
+        return Err(spec.error("initrd or cmdline given without a kernel"));
     }
     for d in &spec.disks {
         if !d.exists() {
-            return Err(spec_err(spec, format!("disk {} is missing", d.display())));
+            return Err(spec.error(format!("disk {} is missing", d.display())));
         }
     }
     match &spec.direct {
         Some(DirectPath::Standin { tap, .. })
             if tap.is_empty() || tap.len() > 15 || tap.contains([',', '/', ' ']) =>
         {
-            return Err(spec_err(spec, format!("bad tap name {tap:?}")));
+            return Err(spec.error(format!("bad tap name {tap:?}")));
         }
         Some(DirectPath::Vf { pci }) if pci.is_empty() || pci.contains(',') => {
-            return Err(spec_err(spec, format!("bad VF PCI address {pci:?}")));
+            return Err(spec.error(format!("bad VF PCI address {pci:?}")));
         }
         _ => {}
     }

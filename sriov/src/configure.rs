@@ -118,24 +118,8 @@ fn errno_text(e: &io::Error) -> String {
 
 /// The symbolic name of an I/O error's errno (`EBUSY`), or its kind.
 fn errno_name(e: &io::Error) -> String {
-    let name = match e.raw_os_error() {
-        Some(libc::EBUSY) => "EBUSY",
-        Some(libc::EINVAL) => "EINVAL",
-        Some(libc::EPERM) => "EPERM",
-        Some(libc::EACCES) => "EACCES",
-        Some(libc::ENOENT) => "ENOENT",
-        Some(libc::ENOMEM) => "ENOMEM",
-        Some(libc::ENODEV) => "ENODEV",
-        Some(libc::ENOSPC) => "ENOSPC",
-        Some(libc::EISDIR) => "EISDIR",
-        Some(libc::EEXIST) => "EEXIST",
-        Some(libc::EIO) => "EIO",
-        Some(libc::ENOSYS) => "ENOSYS",
-        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
-        Some(n) => return format!("errno {n}"),
-        None => return format!("{:?}", e.kind()),
-    };
-    name.to_string()
+    e.raw_os_error()
+        .map_or_else(|| format!("{:?}", e.kind()), crate::errno::name)
 }
 
 /// Writes `value` to `path` in one `write(2)`, as sysfs wants. `O_TRUNC`, as the

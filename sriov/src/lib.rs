@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod configure;
+mod errno;
 pub mod errors;
 pub mod host;
 pub mod mac;

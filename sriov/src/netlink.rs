@@ -182,7 +182,7 @@ impl NetlinkError {
 /// `EINVAL (Invalid argument)`, with a hint for the errors rtnetlink VF requests
 /// commonly get, and the kernel's extended-ack message.
 fn kernel_text(ifname: &str, errno: i32, message: Option<&str>) -> String {
-    let name = errno_name(errno);
+    let name = crate::errno::name(errno);
     let desc = io::Error::from_raw_os_error(errno).to_string();
     let desc = desc
         .split(" (os error")
@@ -206,32 +206,6 @@ fn kernel_text(ifname: &str, errno: i32, message: Option<&str>) -> String {
         s.push_str(m);
     }
     s
-}
-
-fn errno_name(errno: i32) -> String {
-    let name = match errno {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EIO => "EIO",
-        libc::E2BIG => "E2BIG",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::ENODEV => "ENODEV",
-        libc::EINVAL => "EINVAL",
-        libc::ENOSPC => "ENOSPC",
-        libc::ERANGE => "ERANGE",
-        libc::EMSGSIZE => "EMSGSIZE",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::ENETDOWN => "ENETDOWN",
-        libc::ENOBUFS => "ENOBUFS",
-        libc::ETIMEDOUT => "ETIMEDOUT",
-        _ => return format!("errno {errno}"),
-    };
-    name.to_string()
 }
 
 /// A change to a VF's settings: every `None` field is left as it is.
@@ -1244,8 +1218,8 @@ mod tests {
             e.to_string().contains("no network interface named nope0"),
             "{e}"
         );
-        assert_eq!(errno_name(libc::EPERM), "EPERM");
-        assert_eq!(errno_name(4242), "errno 4242");
+        assert_eq!(crate::errno::name(libc::EPERM), "EPERM");
+        assert_eq!(crate::errno::name(4242), "errno 4242");
     }
 
     #[test]

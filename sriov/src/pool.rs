@@ -1132,6 +1132,15 @@ fn read_stat(proc_root: &Path, pid: u32) -> io::Result<Stat> {
     Ok(Stat { state, start_time })
 }
 
+/// Start time of process `pid` (field 22 of `<proc_root>/<pid>/stat`, clock ticks
+/// since boot); `None` when it is gone, a zombie, or its stat is unreadable.
+pub fn process_start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    read_stat(proc_root, pid)
+        .ok()
+        .filter(|s| !matches!(s.state, 'Z' | 'X' | 'x'))
+        .map(|s| s.start_time)
+}
+
 fn process_alive(proc_root: &Path, pid: u32, start_time: Option<u64>) -> bool {
     match read_stat(proc_root, pid) {
         Ok(stat) => {

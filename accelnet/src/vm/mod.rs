@@ -615,7 +615,7 @@ async fn launch_steps(
     rec.pid = status.pid;
     rec.start_time = status
         .pid
-        .and_then(|p| store::proc_start_time(Path::new("/proc"), p));
+        .and_then(|p| sriov::pool::process_start_time(Path::new("/proc"), p));
     rec.phase = Phase::Running;
     let (pid, start_time) = (rec.pid, rec.start_time);
     *rec = store.update(rec.name(), |r| {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Builder, ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sriov::pool::process_start_time;
 use sriov::tiers::Tier;
 use vmm_plugin::{VmSpec, VmmKind};
 
@@ -117,26 +118,12 @@ impl VmRecord {
     pub fn process_alive(&self, proc_root: &Path) -> bool {
         match self.pid {
             None => false,
-            Some(pid) => match proc_start_time(proc_root, pid) {
+            Some(pid) => match process_start_time(proc_root, pid) {
                 Some(t) => self.start_time.is_none_or(|want| want == t),
                 None => false,
             },
         }
     }
-}
-
-/// Start time (field 22 of `/proc/<pid>/stat`), `None` when the process is gone or a
-/// zombie.
-pub fn proc_start_time(proc_root: &Path, pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state); field 22 is fields[19].
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
 }
 
 /// Why the store failed. Each names the file or the VM.
@@ -468,7 +455,7 @@ mod tests {
             vf: None,
             direct: DirectState::None,
             pid,
-            start_time: pid.and_then(|p| proc_start_time(Path::new("/proc"), p)),
+            start_time: pid.and_then(|p| process_start_time(Path::new("/proc"), p)),
             run_dir: "/run/accelnet/vm".into(),
             phase,
             updated: now(),

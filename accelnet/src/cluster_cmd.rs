@@ -10,7 +10,7 @@ use sriov::prereq::{
 };
 use sriov::sysfs::SysfsRoot;
 
-use crate::sriov_cmd::print;
+use crate::sriov_cmd::{json, print};
 use crate::table::{Align, Table};
 
 /// Arguments of `accelnet cluster`.
@@ -114,14 +114,11 @@ fn prereq(args: &PrereqArgs) -> anyhow::Result<()> {
     }
     let ready = report.is_ok() && cluster.iter().all(|c| c.status != Status::Fail);
     let out = if args.json {
-        let mut s = serde_json::to_string_pretty(&Output {
+        json(&Output {
             report: &report,
             cluster: cluster.clone(),
             ready,
-        })
-        .context("cannot encode JSON")?;
-        s.push('\n');
-        s
+        })?
     } else {
         render(&report, &cluster, ready)
     };

@@ -17,7 +17,7 @@ use sriov::pool::{
 };
 use sriov::sysfs::SysfsRoot;
 
-use crate::sriov_cmd::{discover_host, print, RootArgRef};
+use crate::sriov_cmd::{discover_host, json, print, RootArgRef};
 use crate::table::{Align, Table};
 
 /// Arguments of `accelnet sriov pool`.
@@ -227,6 +227,27 @@ fn fail_on_quarantine<'a>(
     }
 }
 
+/// Prepares a reserved VF for its VM: `change` through the PF's rtnetlink link
+/// (nothing when empty), then vfio-pci when `vfio`.
+pub(crate) fn configure_vf(
+    root: &SysfsRoot,
+    vf: &PoolVf,
+    change: &VfChange,
+    vfio: bool,
+) -> anyhow::Result<()> {
+    if !change.is_empty() {
+        let netdev = vf
+            .pf_netdev
+            .as_deref()
+            .with_context(|| format!("PF {} has no network interface", vf.pf))?;
+        Netlink::open()?.apply_vf(netdev, vf.index, change)?;
+    }
+    if vfio {
+        configure::bind_vfio(root, &vf.vf)?;
+    }
+    Ok(())
+}
+
 fn alloc(pool: &VfPool, root: &SysfsRoot, a: &AllocArgs, as_json: bool) -> anyhow::Result<()> {
     let owner = match a.pid {
         Some(pid) => Owner::process(&a.vm, pid, std::path::Path::new(DEFAULT_PROC_ROOT))?,
@@ -239,26 +260,11 @@ fn alloc(pool: &VfPool, root: &SysfsRoot, a: &AllocArgs, as_json: bool) -> anyho
         rdma: a.rdma,
     };
     // Configure between reserve and commit: a failure (or a crash) gives the VF back.
-    let vf = pool.allocate(&owner, &want, |vf| -> anyhow::Result<()> {
-        if let Some(mac) = a.mac {
-            let netdev = vf
-                .pf_netdev
-                .as_deref()
-                .with_context(|| format!("PF {} has no network interface", vf.pf))?;
-            Netlink::open()?.apply_vf(
-                netdev,
-                vf.index,
-                &VfChange {
-                    mac: Some(mac),
-                    ..VfChange::default()
-                },
-            )?;
-        }
-        if a.vfio {
-            configure::bind_vfio(root, &vf.vf)?;
-        }
-        Ok(())
-    })?;
+    let change = VfChange {
+        mac: a.mac,
+        ..VfChange::default()
+    };
+    let vf = pool.allocate(&owner, &want, |vf| configure_vf(root, vf, &change, a.vfio))?;
     if as_json {
         return print(&json(&vf)?);
     }
@@ -277,12 +283,6 @@ fn list(v: &[String]) -> String {
     } else {
         v.join(",")
     }
-}
-
-fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
-    let mut s = serde_json::to_string_pretty(v).context("cannot encode JSON")?;
-    s.push('\n');
-    Ok(s)
 }
 
 fn render(entries: &[PoolEntry]) -> String {

@@ -220,7 +220,8 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
     print(&out)
 }
 
-fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
+/// `v` as pretty JSON with a final newline: what every `--json` prints.
+pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
     let mut s = serde_json::to_string_pretty(v).context("cannot encode JSON")?;
     s.push('\n');
     Ok(s)

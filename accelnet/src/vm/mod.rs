@@ -15,9 +15,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
-use sriov::configure;
 use sriov::mac::MacAddr;
-use sriov::netlink::{Netlink, VfChange};
+use sriov::netlink::VfChange;
 use sriov::pool::{Owner, Select, VfPool};
 use sriov::sysfs::SysfsRoot;
 use sriov::tiers::{self, Tier};
@@ -28,8 +27,8 @@ use vswitch::config::PortConfig;
 use vswitch::policy::PolicyConfig;
 use vswitch::{Request, Response};
 
-use crate::pool_cmd::NetlinkReset;
-use crate::sriov_cmd::print;
+use crate::pool_cmd::{configure_vf, NetlinkReset};
+use crate::sriov_cmd::{json, print};
 use crate::table::{Align, Table};
 use store::{DirectState, Listed, Phase, VmRecord, VmStore, RECORD_VERSION};
 
@@ -485,7 +484,7 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
     match res {
         Ok(()) => {
             if a.json {
-                return print(&(serde_json::to_string_pretty(&rec)? + "\n"));
+                return print(&json(&rec)?);
             }
             let mut out = format!(
                 "VM {} running on {} (pid {}), MAC {}, {} queue pair(s)\n  synthetic path: switch port {} ({})\n",
@@ -573,27 +572,14 @@ async fn launch_steps(
             vf: (want != "auto").then(|| want.clone()),
             ..Select::default()
         };
-        let vf = pool.allocate(
-            &Owner::vm(&rec.spec.name),
-            &select,
-            |vf| -> anyhow::Result<()> {
-                let netdev = vf
-                    .pf_netdev
-                    .as_deref()
-                    .with_context(|| format!("PF {} has no network interface", vf.pf))?;
-                Netlink::open()?.apply_vf(
-                    netdev,
-                    vf.index,
-                    &VfChange {
-                        mac: Some(mac),
-                        spoof_check: Some(true),
-                        ..VfChange::default()
-                    },
-                )?;
-                configure::bind_vfio(root, &vf.vf)?;
-                Ok(())
-            },
-        )?;
+        let vf = pool.allocate(&Owner::vm(&rec.spec.name), &select, |vf| {
+            let change = VfChange {
+                mac: Some(mac),
+                spoof_check: Some(true),
+                ..VfChange::default()
+            };
+            configure_vf(root, vf, &change, true)
+        })?;
         undo.vf = Some(vf.vf.clone());
         rec.vf = Some(vf.vf.clone());
         rec.spec.direct = Some(DirectPath::Vf { pci: vf.vf.clone() });
@@ -688,7 +674,7 @@ fn list(store: &VmStore, a: &ListArgs) -> anyhow::Result<()> {
         eprintln!("accelnet: VM {vm}: {message}");
     }
     if a.json {
-        print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
+        print(&json(&rows)?)?;
     } else if rows.is_empty() && corrupt.is_empty() {
         print("no VMs\n")?;
     } else {

@@ -9,11 +9,8 @@
 # Env: ACCELNET_GUEST_DIR  output directory
 #      KVER / KPKG_VERSION  guest kernel ABI and pinned package version (6.1.0-50-amd64 / 6.1.176-1)
 #      BUSYBOX              a STATIC busybox (default /bin/busybox from busybox-static)
-#      EXTRA_BINS           optional space-separated list of extra host binaries (e.g.
-#                           EXTRA_BINS=/work/main/target/debug/accelnet) copied into the image
-#                           at their host paths with every shared library ldd lists, like
-#                           TOOLS. Unset (the default): the image's inputs are unchanged. The
-#                           list is remembered in $OUT/.extra-bins: changing it rebuilds.
+# A test that needs more binaries in a guest (e.g. accelnet itself) appends its own archive
+# to a copy of this image: Lab::add_binaries in tests/src/lab.rs.
 # Idempotent: the .deb is downloaded and unpacked once; the initramfs is rebuilt only when
 # guest-init.sh, busybox, a tool or its libraries, or this script changed (FORCE=1 rebuilds anyway).
 set -euo pipefail
@@ -72,10 +69,8 @@ cp -u "$KDIR/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 
 # 2. The tools and their shared libraries (ldd: `name => /path (addr)` or `/path (addr)`).
 TOOL_FILES=()
-read -ra EXTRA <<< "${EXTRA_BINS:-}"
-for t in "${TOOLS[@]}" "${EXTRA[@]}"; do
-  bin=$(command -v "$t") || die "EXTRA_BINS: no executable $t"
-  [ -x "$bin" ] || die "EXTRA_BINS: $bin is not executable"
+for t in "${TOOLS[@]}"; do
+  bin=$(command -v "$t") || die "no executable $t"
   TOOL_FILES+=("$bin")
   if ! libs=$(ldd "$bin" 2>&1); then
     grep -q 'not a dynamic executable' <<< "$libs" || die "ldd $bin: $libs"
@@ -90,8 +85,6 @@ mapfile -t TOOL_FILES < <(printf '%s\n' "${TOOL_FILES[@]}" | sort -u)
 # 3. Initramfs, rebuilt only if an input is newer than it.
 INITRD=$OUT/initramfs.cpio.gz
 stale=${FORCE:-}
-# EXTRA_BINS changed since the last build (e.g. set, then unset again): rebuild.
-if [ "$(cat "$OUT/.extra-bins" 2>/dev/null)" != "${EXTRA_BINS:-}" ]; then stale=1; fi
 for f in "$LAB/guest-init.sh" "$BUSYBOX" "${BASH_SOURCE[0]}" "$KDIR/.unpacked-$KPKG_VERSION" "${TOOL_FILES[@]}"; do
   if [ "$f" -nt "$INITRD" ]; then stale=1; fi
 done
@@ -154,7 +147,6 @@ if [ -n "$stale" ] || [ ! -f "$INITRD" ]; then
   cp "$LAB/guest-init.sh" "$R/init"; chmod 755 "$R/init"
   (cd "$R" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > "$INITRD.tmp")
   mv "$INITRD.tmp" "$INITRD"
-  printf '%s' "${EXTRA_BINS:-}" > "$OUT/.extra-bins"
   echo "build-guest: modules (load order): ${ORDER[*]}"
   for m in "${OPT_MODULES[@]}"; do echo "build-guest: on request (lab.modules=$m): ${OPT_ORDER[$m]}"; done
   echo "build-guest: tools: ${TOOL_FILES[*]}"

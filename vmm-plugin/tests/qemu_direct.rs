@@ -6,85 +6,14 @@
 //! down exactly that behaviour. A full guest failover test lives in `tests/`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmm_plugin::qemu::{check_version, Accel, QemuOptions, QemuVm, PRIMARY_ID};
-use vmm_plugin::{DirectPath, StandinModel, SyntheticNic, VmSpec, VmState, Vmm, VmmError};
-use vswitch::{PortConfig, Switch, SwitchConfig};
+use vmm_plugin::qemu::{QemuVm, PRIMARY_ID};
+use vmm_plugin::{DirectPath, StandinModel, VmState, Vmm, VmmError};
 
-const GRACE: Duration = Duration::from_secs(5);
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("vmm-qemu-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills a QEMU left behind by a failing test (by its pid).
-struct KillOnDrop(Option<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = self
-            .0
-            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-        {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-fn opts(dir: &Path) -> QemuOptions {
-    let mut o = QemuOptions::new(dir);
-    o.accel = Some(Accel::Tcg);
-    o
-}
-
-async fn require_qemu10(o: &QemuOptions) {
-    if let Err(e) = check_version("test", &o.binary, true).await {
-        panic!("these tests need QEMU >= 10 (set ACCELNET_QEMU or install it, see LAB.md): {e}");
-    }
-}
-
-fn spec(name: &str, socket: &Path) -> VmSpec {
-    VmSpec {
-        name: name.into(),
-        vcpus: 1,
-        memory_mib: 128,
-        kernel: None,
-        initrd: None,
-        cmdline: None,
-        disks: vec![],
-        nic: SyntheticNic {
-            mac: "52:54:00:12:34:57".into(),
-            socket: socket.to_path_buf(),
-            queue_pairs: 1,
-        },
-        direct: None,
-        console_log: None,
-        incoming: false,
-    }
-}
-
-fn switch(sock: &Path) -> Switch {
-    Switch::start(SwitchConfig {
-        ports: vec![PortConfig::new(sock)],
-        ..SwitchConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("switch start: {e} ({e:?})"))
-}
+mod common;
+use common::{opts, require_qemu10, spec, switch, KillOnDrop, Scratch, GRACE};
 
 fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
@@ -101,7 +30,7 @@ async fn standin_is_held_back_until_failover_is_negotiated() {
     );
     let dir = Scratch::new("standin");
     let o = opts(&dir.0);
-    require_qemu10(&o).await;
+    require_qemu10().await;
     let sock = dir.0.join("vhu.sock");
     let _sw = switch(&sock);
     let tap = format!("tqs{}", std::process::id() % 100_000);
@@ -134,7 +63,7 @@ async fn standin_is_held_back_until_failover_is_negotiated() {
 async fn detach_times_out_without_a_guest() {
     let dir = Scratch::new("detach");
     let mut o = opts(&dir.0);
-    require_qemu10(&o).await;
+    require_qemu10().await;
     // A plain (non-failover) primary0, plugged from the start.
     o.extra_args = vec![
         "-device".into(),

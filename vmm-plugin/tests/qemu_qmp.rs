@@ -4,97 +4,17 @@
 //! tests fail, not skip, without it.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
-use vmm_plugin::qemu::{check_version, Accel, QemuOptions, QemuVm, MIN_VERSION_DIRECT};
-use vmm_plugin::{DirectPath, StandinModel, SyntheticNic, VmEvent, VmSpec, VmState, Vmm, VmmError};
-use vswitch::{PortConfig, Switch, SwitchConfig};
+use vmm_plugin::qemu::{check_version, QemuVm, MIN_VERSION_DIRECT};
+use vmm_plugin::{DirectPath, StandinModel, VmEvent, VmState, Vmm, VmmError};
 
-const GRACE: Duration = Duration::from_secs(5);
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("vmm-qemu-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills a QEMU left behind by a failing test (by its pid).
-struct KillOnDrop(Option<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = self
-            .0
-            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-        {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-fn qemu_binary() -> PathBuf {
-    std::env::var_os("ACCELNET_QEMU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
-}
-
-async fn require_qemu10() {
-    if let Err(e) = check_version("test", &qemu_binary(), true).await {
-        panic!("these tests need QEMU >= 10 (set ACCELNET_QEMU or install it, see LAB.md): {e}");
-    }
-}
-
-fn opts(dir: &Path) -> QemuOptions {
-    let mut o = QemuOptions::new(dir);
-    o.binary = qemu_binary();
-    o.accel = Some(Accel::Tcg);
-    o.command_timeout = Duration::from_secs(20);
-    o
-}
-
-fn spec(name: &str, socket: &Path) -> VmSpec {
-    VmSpec {
-        name: name.into(),
-        vcpus: 1,
-        memory_mib: 128,
-        kernel: None,
-        initrd: None,
-        cmdline: None,
-        disks: vec![],
-        nic: SyntheticNic {
-            mac: "52:54:00:12:34:56".into(),
-            socket: socket.to_path_buf(),
-            queue_pairs: 1,
-        },
-        direct: None,
-        console_log: None,
-        incoming: false,
-    }
-}
-
-fn switch(sock: &Path) -> Switch {
-    Switch::start(SwitchConfig {
-        ports: vec![PortConfig::new(sock)],
-        ..SwitchConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("switch start: {e} ({e:?})"))
-}
+mod common;
+use common::{opts, require_qemu10, spec, switch, KillOnDrop, Scratch, GRACE};
 
 async fn next_event(
     rx: &mut broadcast::Receiver<VmEvent>,

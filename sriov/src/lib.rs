@@ -30,6 +30,7 @@ pub mod netlink;
 pub mod pciconfig;
 pub mod pool;
 pub mod prereq;
+pub mod steer;
 pub mod sysfs;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;

@@ -22,13 +22,16 @@ use std::io;
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLMSG_DONE,
-    NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED,
-    NLM_F_MULTIPART, NLM_F_REQUEST,
+    NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE,
+    NLM_F_MULTIPART, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{
     self as rt, LinkAttribute, LinkExtentMask, LinkMessage, LinkVfInfo,
 };
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::neighbour::{
+    NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::host::{VfInfo, VfInfoSource, VfLinkState};
@@ -702,6 +705,61 @@ impl Netlink {
         })
     }
 
+    /// The interface index of `ifname` in this network namespace (`RTM_GETLINK`).
+    pub fn if_index(&self, ifname: &str) -> Result<u32, NetlinkError> {
+        check_ifname(ifname)?;
+        let action = "looking up the interface".to_string();
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(ifname.to_string()));
+        msg.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let replies = self.transact(ifname, None, &action, RouteNetlinkMessage::GetLink(msg), 0)?;
+        // struct ifinfomsg: family (1), pad (1), type (2), then the index (u32 #1).
+        replies
+            .first()
+            .and_then(|p| u32_at(p, 1))
+            .ok_or_else(|| NetlinkError::Decode {
+                ifname: ifname.to_string(),
+                action,
+                message: "no RTM_NEWLINK in the reply".to_string(),
+            })
+    }
+
+    /// Points `mac` at bridge port `port` with a static, sticky FDB entry of the
+    /// bridge `port` belongs to (`bridge fdb replace MAC dev PORT master static
+    /// sticky`): it never ages, and the bridge's learning never moves it.
+    pub fn bridge_fdb_pin(&self, port: &str, mac: MacAddr) -> Result<(), NetlinkError> {
+        let msg = fdb_message(mac, self.if_index(port)?);
+        let action = format!("pinning {mac} to bridge port {port}");
+        self.transact(
+            port,
+            None,
+            &action,
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// Removes the FDB entry for `mac` on bridge port `port`; `false` when there
+    /// was none.
+    pub fn bridge_fdb_remove(&self, port: &str, mac: MacAddr) -> Result<bool, NetlinkError> {
+        let msg = fdb_message(mac, self.if_index(port)?);
+        let action = format!("removing {mac} from bridge port {port}");
+        match self.transact(
+            port,
+            None,
+            &action,
+            RouteNetlinkMessage::DelNeighbour(msg),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(NetlinkError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Puts the `fields` of VF `vf` back to `before`, last first; logs failures.
     fn restore(&self, ifname: &str, vf: u32, before: &VfInfo, fields: &[Field]) {
         for field in fields.iter().rev() {
@@ -814,6 +872,19 @@ impl VfInfoSource for Netlink {
             message: e.to_string(),
         })
     }
+}
+
+/// An `AF_BRIDGE` neighbour message for `mac` on port `index`: static
+/// (`NUD_NOARP`), in the bridge's own table (`NTF_MASTER`), sticky.
+fn fdb_message(mac: MacAddr, index: u32) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Noarp;
+    msg.header.flags = NeighbourFlags::Controller | NeighbourFlags::Sticky;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+    msg
 }
 
 fn check_ifname(ifname: &str) -> Result<(), NetlinkError> {

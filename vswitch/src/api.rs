@@ -38,8 +38,10 @@ pub enum Request {
     },
     /// Tell the wire that `mac` now lives behind VM port `port`: send a RARP from
     /// `mac` out of every uplink (as QEMU's self-announce does, tagged with the port's
-    /// VLAN where the uplink needs it), and point the FDB entry at the port. Used
-    /// when a VM's traffic moves from its direct path (VF) to the switch.
+    /// VLAN where the uplink needs it), and point the FDB entry at the port (one of
+    /// the port's allowed MACs is pinned there already; a MAC another port's
+    /// `allowed_macs` pins is refused). Used when a VM's traffic moves from its
+    /// direct path (VF) to the switch.
     Announce {
         /// VM port name.
         port: String,

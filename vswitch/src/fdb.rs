@@ -264,7 +264,13 @@ impl Fdb {
         let val = make_val(port, 0) | VAL_STATIC;
         let slot = (0..SLOTS)
             .find(|&i| b.keys[i].load(Ordering::Acquire) == key)
-            .or_else(|| (0..SLOTS).find(|&i| b.vals[i].load(Ordering::Acquire) & VAL_STATIC == 0));
+            .or_else(|| {
+                // Free (a removed static entry leaves its value behind) or not static.
+                (0..SLOTS).find(|&i| {
+                    b.keys[i].load(Ordering::Acquire) == 0
+                        || b.vals[i].load(Ordering::Acquire) & VAL_STATIC == 0
+                })
+            });
         match slot {
             Some(i) => {
                 let (k, v) = (
@@ -275,15 +281,45 @@ impl Fdb {
                     self.count_sub(val_port(v));
                 }
                 Self::write_slot(b, i, key, val);
+                // A twin of the key (two threads learning it at once) in an earlier
+                // slot would answer lookups instead of the static entry: drop it.
+                for j in (0..SLOTS).filter(|&j| j != i) {
+                    let v = b.vals[j].load(Ordering::Acquire);
+                    if v & VAL_STATIC == 0
+                        && b.keys[j]
+                            .compare_exchange(key, 0, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok()
+                        && v != 0
+                    {
+                        self.count_sub(val_port(v));
+                    }
+                }
                 true
             }
             None => false,
         }
     }
 
+    /// The port a static entry pins `mac` to in `vlan`, if there is one.
+    pub fn static_owner(&self, vlan: u16, mac: MacAddr) -> Option<PortId> {
+        let key = make_key(vlan, mac);
+        let b = self.bucket(key);
+        (0..SLOTS).find_map(|i| {
+            Self::read_slot(b, i, key)
+                .filter(|v| v & VAL_STATIC != 0)
+                .map(val_port)
+        })
+    }
+
     /// Removes every learned entry pointing at `port` (it went away). Static entries stay.
     pub fn flush_port(&self, port: PortId) -> usize {
         self.remove_where(|v| v & VAL_STATIC == 0 && val_port(v) == port)
+    }
+
+    /// Removes every static entry pointing at `port` (the port went away or its
+    /// allowed MACs changed); learned entries stay. Returns how many.
+    pub fn remove_port_static(&self, port: PortId) -> usize {
+        self.remove_where(|v| v & VAL_STATIC != 0 && val_port(v) == port)
     }
 
     /// Removes expired entries; returns how many.
@@ -435,6 +471,54 @@ mod tests {
         assert_eq!(fdb.lookup(1, mac(9), 100_000), Some(4));
         assert_eq!(fdb.flush_port(4), 0);
         assert!(fdb.entries(5).iter().any(|e| e.is_static && e.port == 4));
+    }
+
+    #[test]
+    fn test_fdb_remove_port_static_removes_only_that_ports_static_entries() {
+        let fdb = Fdb::new(64, 300);
+        assert!(fdb.add_static(1, mac(1), 4));
+        assert!(fdb.add_static(20, mac(2), 4));
+        assert!(fdb.add_static(1, mac(3), 5));
+        assert_eq!(fdb.learn(1, mac(4), 4, 0), Learned::New);
+        assert_eq!(fdb.static_owner(1, mac(1)), Some(4));
+        assert_eq!(fdb.static_owner(1, mac(4)), None, "learned, not static");
+        assert_eq!(fdb.remove_port_static(4), 2);
+        assert_eq!(fdb.lookup(1, mac(1), 0), None);
+        assert_eq!(fdb.lookup(20, mac(2), 0), None);
+        assert_eq!(fdb.static_owner(1, mac(1)), None);
+        assert_eq!(
+            fdb.lookup(1, mac(3), 0),
+            Some(5),
+            "other ports' static entries stay"
+        );
+        assert_eq!(fdb.lookup(1, mac(4), 0), Some(4), "learned entries stay");
+        assert_eq!(fdb.count(4), 1);
+        assert_eq!(fdb.remove_port_static(4), 0);
+        // The address can be learned again once its static entry is gone.
+        assert!(matches!(fdb.learn(1, mac(1), 2, 0), Learned::New));
+    }
+
+    #[test]
+    fn test_fdb_add_static_takes_over_a_learned_entry_and_fails_on_a_static_bucket() {
+        // A single bucket: every key collides.
+        let fdb = Fdb::new(4, 300);
+        assert_eq!(fdb.learn(1, mac(1), 0, 0), Learned::New);
+        assert!(
+            fdb.add_static(1, mac(1), 3),
+            "learned on port 0, pinned to 3"
+        );
+        assert_eq!(fdb.count(0), 0, "the learned entry gave its slot back");
+        assert_eq!(fdb.lookup(1, mac(1), 0), Some(3));
+        assert_eq!(fdb.learn(1, mac(1), 0, 1), Learned::Static);
+        for i in 2..5 {
+            assert!(fdb.add_static(1, mac(i), 3));
+        }
+        assert!(
+            !fdb.add_static(1, mac(9), 3),
+            "bucket full of static entries"
+        );
+        assert_eq!(fdb.remove_port_static(3), 4);
+        assert!(fdb.add_static(1, mac(9), 3));
     }
 
     #[test]

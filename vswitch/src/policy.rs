@@ -115,7 +115,10 @@ const VLAN_IDS: usize = 4096;
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// Source MACs the port may send from (anti-spoofing); empty = any.
-    /// Only unicast, non-zero addresses.
+    /// Only unicast, non-zero addresses. On a VM port they are also pinned in the
+    /// FDB as static entries on the port's VLAN (`vlan`), so the switch never
+    /// learns them elsewhere (e.g. from the guest's own broadcast flooded back in
+    /// over an uplink); two VM ports cannot list one MAC on one VLAN.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_macs: Vec<MacAddr>,
     /// Access VLAN or trunk; absent = the port's own VLAN setting.

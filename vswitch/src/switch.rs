@@ -39,6 +39,9 @@ pub enum SwitchError {
     /// The metrics endpoint could not be started.
     #[error("cannot serve metrics")]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// A VM port's allowed MACs could not be pinned in the FDB.
+    #[error("cannot add port")]
+    AllowedMacs(#[source] PortChangeError),
     /// A thread or eventfd could not be created.
     #[error("cannot start {what}")]
     Resource {
@@ -89,6 +92,31 @@ pub enum PortChangeError {
     /// A thread could not be started.
     #[error("cannot start the port's thread")]
     Thread(#[source] std::io::Error),
+    /// One of the port's allowed MACs is pinned to another VM port on that VLAN.
+    #[error("port {port}: allowed MAC {mac} on VLAN {vlan} belongs to port {owner} already")]
+    MacInUse {
+        /// The port being added or changed.
+        port: String,
+        /// The MAC.
+        mac: MacAddr,
+        /// The VLAN.
+        vlan: u16,
+        /// The port that has it.
+        owner: String,
+    },
+    /// No FDB room to pin one of the port's allowed MACs.
+    #[error(
+        "port {port}: no FDB room to pin allowed MAC {mac} on VLAN {vlan} \
+         (its bucket holds only static entries; raise fdb_capacity)"
+    )]
+    FdbFull {
+        /// The port being added or changed.
+        port: String,
+        /// The MAC.
+        mac: MacAddr,
+        /// The VLAN.
+        vlan: u16,
+    },
 }
 
 impl State {
@@ -98,6 +126,41 @@ impl State {
             .load()
             .get(id)
             .map_or_else(|| format!("#{id}"), |p| p.name.clone())
+    }
+
+    /// Pins each of `macs` on `vlan` to VM port `id` (called `name`) as a static FDB
+    /// entry, so that a frame from one of them seen on another port (an uplink
+    /// flooding the guest's own broadcast back) cannot move it away. All or nothing:
+    /// on error the port holds no static entries. Callers hold `ports_ctl`.
+    fn pin_macs(
+        &self,
+        name: &str,
+        id: PortId,
+        vlan: u16,
+        macs: &[MacAddr],
+    ) -> Result<(), PortChangeError> {
+        let fdb = &self.shared.fdb;
+        for &mac in macs {
+            if let Some(owner) = fdb.static_owner(vlan, mac).filter(|&o| o != id) {
+                return Err(PortChangeError::MacInUse {
+                    port: name.to_string(),
+                    mac,
+                    vlan,
+                    owner: self.port_name(owner),
+                });
+            }
+        }
+        for &mac in macs {
+            if !fdb.add_static(vlan, mac, id) {
+                fdb.remove_port_static(id);
+                return Err(PortChangeError::FdbFull {
+                    port: name.to_string(),
+                    mac,
+                    vlan,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Adds a VM port: socket first, then the table, then its control thread.
@@ -120,15 +183,22 @@ impl State {
         if id == PortId::MAX {
             return Err(PortChangeError::Full);
         }
-        let listener = match pc.mode {
-            PortMode::Server => Some(bind_server_socket(&pc.socket)?),
-            PortMode::Client => None,
-        };
         let policy = PortPolicy::new(&pc.policy, &pc.default_vlan_mode(), self.shared.now_ns())
             .map_err(|source| ConfigError::Policy {
                 port: name.clone(),
                 source,
             })?;
+        self.pin_macs(&name, id, pc.vlan, &pc.policy.allowed_macs)?;
+        let listener = match pc.mode {
+            PortMode::Server => match bind_server_socket(&pc.socket) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    self.shared.fdb.remove_port_static(id);
+                    return Err(e.into());
+                }
+            },
+            PortMode::Client => None,
+        };
         let port = self.new_vhost_port(id, pc, policy);
         let t = {
             let (port, fdb) = (port.clone(), self.shared.fdb.clone());
@@ -142,6 +212,7 @@ impl State {
                 if pc.mode == PortMode::Server {
                     let _ = std::fs::remove_file(&pc.socket);
                 }
+                self.shared.fdb.remove_port_static(id);
                 return Err(PortChangeError::Thread(e));
             }
         };
@@ -204,6 +275,7 @@ impl State {
             let _ = t.join();
         }
         self.shared.fdb.flush_port(port.id);
+        self.shared.fdb.remove_port_static(port.id);
         if let Some(i) = ctl.sockets.iter().position(|(id, _)| *id == port.id) {
             let (_, path) = ctl.sockets.swap_remove(i);
             let _ = std::fs::remove_file(path);
@@ -213,8 +285,13 @@ impl State {
     }
 
     /// Replaces a port's policy. Learned addresses of the port are forgotten, so
-    /// a changed VLAN membership or FDB limit applies at once.
+    /// a changed VLAN membership or FDB limit applies at once; a VM port's allowed
+    /// MACs are pinned anew (the old ones released).
     fn set_policy(&self, name: &str, config: &PolicyConfig) -> Result<(), PortChangeError> {
+        let _ctl = self
+            .ports_ctl
+            .lock()
+            .map_err(|_| PortChangeError::Thread(std::io::Error::other("lock poisoned")))?;
         let table = self.shared.ports.load_full();
         let Some(port) = table.by_name(name).cloned() else {
             return Err(PortChangeError::NotFound(name.to_string()));
@@ -230,6 +307,18 @@ impl State {
             }
         })?;
         check_bursts(name, config, self.shared.max_frame)?;
+        if port.vhost().is_some() {
+            let fdb = &self.shared.fdb;
+            let old = port.policy.load().config().allowed_macs.clone();
+            fdb.remove_port_static(port.id);
+            if let Err(e) = self.pin_macs(name, port.id, port.vlan, &config.allowed_macs) {
+                // Nobody else pins while `ports_ctl` is held: the old slots are free.
+                if self.pin_macs(name, port.id, port.vlan, &old).is_err() {
+                    log::error!("port {name}: cannot pin its allowed MACs again");
+                }
+                return Err(e);
+            }
+        }
         port.policy.store(Arc::new(policy));
         self.shared.fdb.flush_port(port.id);
         log::info!("port {name}: policy replaced");
@@ -245,6 +334,15 @@ impl State {
         };
         if mac.is_multicast() {
             return Err(PortChangeError::BadMac(mac));
+        }
+        let fdb = &self.shared.fdb;
+        if let Some(owner) = fdb.static_owner(port.vlan, mac).filter(|&o| o != port.id) {
+            return Err(PortChangeError::MacInUse {
+                port: name.to_string(),
+                mac,
+                vlan: port.vlan,
+                owner: self.port_name(owner),
+            });
         }
         let mut sent = Vec::new();
         for p in table.iter() {
@@ -267,9 +365,10 @@ impl State {
             }
             sent.push(p.name.clone());
         }
-        self.shared
-            .fdb
-            .learn(port.vlan, mac, port.id, self.shared.now_secs());
+        // One of the port's allowed MACs has its static entry there already.
+        if fdb.static_owner(port.vlan, mac) != Some(port.id) {
+            fdb.learn(port.vlan, mac, port.id, self.shared.now_secs());
+        }
         log::info!(
             "port {name}: announced {mac} on VLAN {} out of {:?}",
             port.vlan,
@@ -461,6 +560,9 @@ impl Switch {
             switch.state.add_port(pc).map_err(|e| match e {
                 PortChangeError::Port(p) => SwitchError::Port(p),
                 PortChangeError::Config(c) => SwitchError::Config(c),
+                e @ (PortChangeError::MacInUse { .. } | PortChangeError::FdbFull { .. }) => {
+                    SwitchError::AllowedMacs(e)
+                }
                 other => SwitchError::Resource {
                     what: format!("port {}", pc.port_name()),
                     source: std::io::Error::other(other.to_string()),
@@ -646,5 +748,217 @@ fn poisoned() -> SwitchError {
     SwitchError::Resource {
         what: "housekeeping".into(),
         source: std::io::Error::other("lock poisoned"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fdb::FdbEntry;
+
+    const M1: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+    const M2: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 2]);
+
+    /// A fresh directory for the tests' sockets, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            use std::sync::atomic::AtomicUsize;
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("an-sw-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            Dir(dir)
+        }
+
+        fn port(&self, name: &str, vlan: u16, macs: &[MacAddr]) -> PortConfig {
+            let mut pc = PortConfig::new(self.0.join(format!("{name}.sock")));
+            pc.vlan = vlan;
+            pc.policy.allowed_macs = macs.to_vec();
+            pc
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn start(ports: Vec<PortConfig>) -> Switch {
+        Switch::start(SwitchConfig {
+            ports,
+            ..SwitchConfig::default()
+        })
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)))
+    }
+
+    /// Static entries as (VLAN, MAC, port name).
+    fn statics(sw: &Switch) -> Vec<(u16, MacAddr, String)> {
+        let s = &sw.state;
+        s.shared
+            .fdb
+            .entries(s.shared.now_secs())
+            .into_iter()
+            .filter(|e: &FdbEntry| e.is_static)
+            .map(|e| (e.vlan, e.mac, s.port_name(e.port)))
+            .collect()
+    }
+
+    fn port_names(sw: &Switch) -> Vec<String> {
+        sw.state
+            .shared
+            .ports
+            .load()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn test_switch_pins_allowed_macs_of_vm_ports_and_releases_them() {
+        let dir = Dir::new("pin");
+        let sw = start(vec![dir.port("vm1", 1, &[M1])]);
+        assert_eq!(statics(&sw), vec![(1, M1, "vm1".to_string())]);
+        // A frame from M1 on another port does not move it.
+        let fdb = &sw.state.shared.fdb;
+        assert_eq!(fdb.learn(1, M1, 7, 0), crate::fdb::Learned::Static);
+        // The same MAC on another VLAN is another entry.
+        sw.add_port(&dir.port("vm2", 20, &[M1, M2]))
+            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        assert_eq!(
+            statics(&sw),
+            vec![
+                (1, M1, "vm1".to_string()),
+                (20, M1, "vm2".to_string()),
+                (20, M2, "vm2".to_string())
+            ]
+        );
+        // A new allowed list replaces the old entries.
+        let policy = PolicyConfig {
+            allowed_macs: vec![M2],
+            ..PolicyConfig::default()
+        };
+        sw.set_policy("vm2", &policy)
+            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        assert_eq!(
+            statics(&sw),
+            vec![(1, M1, "vm1".to_string()), (20, M2, "vm2".to_string())]
+        );
+        sw.set_policy("vm2", &PolicyConfig::default())
+            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        assert_eq!(statics(&sw), vec![(1, M1, "vm1".to_string())]);
+        // Announcing an allowed MAC keeps its static entry.
+        sw.handle(&Request::Announce {
+            port: "vm1".into(),
+            mac: M1,
+        });
+        assert_eq!(statics(&sw), vec![(1, M1, "vm1".to_string())]);
+        sw.remove_port("vm1")
+            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        assert_eq!(statics(&sw), vec![]);
+        assert_eq!(fdb.lookup(1, M1, 0), None);
+    }
+
+    #[test]
+    fn test_switch_refuses_a_second_port_pinning_one_mac_on_one_vlan() {
+        let dir = Dir::new("clash");
+        let sw = start(vec![dir.port("vm1", 1, &[M1])]);
+        let e = sw.add_port(&dir.port("vm2", 1, &[M2, M1])).unwrap_err();
+        assert!(
+            matches!(&e, PortChangeError::MacInUse { owner, vlan: 1, .. } if owner == "vm1"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "port vm2: allowed MAC 52:54:00:00:00:01 on VLAN 1 belongs to port vm1 already"
+        );
+        assert_eq!(port_names(&sw), vec!["vm1"], "vm2 not added");
+        assert!(!dir.0.join("vm2.sock").exists(), "no socket left behind");
+        assert_eq!(statics(&sw), vec![(1, M1, "vm1".to_string())]);
+        // A policy change claiming it is refused too, and the old entries stay.
+        sw.add_port(&dir.port("vm3", 1, &[M2]))
+            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        let policy = PolicyConfig {
+            allowed_macs: vec![M1],
+            ..PolicyConfig::default()
+        };
+        let e = sw.set_policy("vm3", &policy).unwrap_err();
+        assert!(matches!(e, PortChangeError::MacInUse { .. }), "{e:?}");
+        let Response::Ports { ports } = sw.handle(&Request::Ports {}) else {
+            panic!("ports");
+        };
+        assert_eq!(ports[1].policy.allowed_macs, vec![M2], "policy unchanged");
+        assert_eq!(
+            statics(&sw),
+            vec![(1, M1, "vm1".to_string()), (1, M2, "vm3".to_string())]
+        );
+        // So is an announce of another port's MAC.
+        let r = sw.handle(&Request::Announce {
+            port: "vm3".into(),
+            mac: M1,
+        });
+        assert!(
+            matches!(&r, Response::Error { message } if message.contains("belongs to port vm1")),
+            "{r:?}"
+        );
+        // Once the owner is gone, the MAC is free.
+        sw.remove_port("vm1")
+            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        sw.set_policy("vm3", &policy)
+            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        assert_eq!(statics(&sw), vec![(1, M1, "vm3".to_string())]);
+    }
+
+    #[test]
+    fn test_switch_start_refuses_config_ports_sharing_an_allowed_mac() {
+        let dir = Dir::new("start");
+        let e = Switch::start(SwitchConfig {
+            ports: vec![dir.port("vm1", 5, &[M1]), dir.port("vm2", 5, &[M1])],
+            ..SwitchConfig::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                SwitchError::AllowedMacs(PortChangeError::MacInUse { .. })
+            ),
+            "{e:?}"
+        );
+        assert!(error_chain(&e).contains("belongs to port vm1"), "{e:?}");
+        assert!(!dir.0.join("vm1.sock").exists(), "nothing left behind");
+    }
+
+    #[test]
+    fn test_switch_fdb_without_room_for_the_allowed_macs_leaves_nothing_pinned() {
+        let dir = Dir::new("full");
+        let mut config = SwitchConfig {
+            ports: vec![dir.port("vm1", 1, &[M1])],
+            ..SwitchConfig::default()
+        };
+        config.switch.fdb_capacity = 64;
+        let sw = Switch::start(config).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        let capacity = sw.state.shared.fdb.capacity();
+        // More addresses than slots: some bucket overflows.
+        let many: Vec<MacAddr> = (0..=capacity as u64)
+            .map(|n| MacAddr::from_u64(0x0254_0000_0000 | n))
+            .collect();
+        let e = sw.add_port(&dir.port("vm2", 1, &many)).unwrap_err();
+        assert!(matches!(e, PortChangeError::FdbFull { .. }), "{e:?}");
+        assert_eq!(port_names(&sw), vec!["vm1"]);
+        assert_eq!(statics(&sw), vec![(1, M1, "vm1".to_string())]);
+        let policy = PolicyConfig {
+            allowed_macs: many,
+            ..PolicyConfig::default()
+        };
+        let e = sw.set_policy("vm1", &policy).unwrap_err();
+        assert!(matches!(e, PortChangeError::FdbFull { .. }), "{e:?}");
+        assert_eq!(
+            statics(&sw),
+            vec![(1, M1, "vm1".to_string())],
+            "old entries back"
+        );
     }
 }

@@ -782,3 +782,102 @@ fn test_switch_announce_sends_rarp_out_the_uplink_and_pins_the_fdb() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A VM port's allowed MAC is pinned to the port in the FDB: the guest's own
+/// broadcast coming back in over the uplink (as a NIC's embedded switch floods what
+/// the guest sent over its VF) does not move it, so unicast from the wire still
+/// reaches the guest; `port_del` releases it; a second port cannot claim it.
+#[cfg(feature = "test-utils")]
+#[test]
+fn test_switch_vm_allowed_mac_stays_on_its_port_when_seen_on_the_uplink() {
+    use vswitch::api::{FdbEntryInfo, Request, Response};
+    use vswitch::config::SwitchSettings;
+    use vswitch::test_utils::TestSwitch;
+    use vswitch::{MacAddr, PortConfig, SwitchConfig};
+    const VM_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    let ns = Netns::new();
+    ns.run(|| {
+        let vm_port = |dir: &std::path::Path, name: &str| {
+            let mut pc = PortConfig::new(dir.join(format!("{name}.sock")));
+            pc.policy.allowed_macs = vec![MacAddr(VM_MAC)];
+            pc
+        };
+        let ts = TestSwitch::start("pin", |dir| SwitchConfig {
+            // Learned entries age out within the test; static ones never do.
+            switch: SwitchSettings {
+                fdb_aging_secs: 1,
+                ..SwitchSettings::default()
+            },
+            ports: vec![vm_port(dir, "vm1")],
+            uplinks: vec![UplinkConfig::new("a".to_string(), 1)],
+        });
+        let sw = ts.switch();
+        let fdb = || match sw.handle(&Request::Fdb {}) {
+            Response::Fdb { entries } => entries,
+            other => panic!("fdb: {other:?}"),
+        };
+        let vm_entry = |entries: &[FdbEntryInfo]| {
+            entries
+                .iter()
+                .find(|e| e.vlan == 1 && e.mac == MacAddr(VM_MAC))
+                .map(|e| (e.port.clone(), e.age_secs))
+        };
+        assert_eq!(vm_entry(&fdb()), Some(("vm1".into(), 0)), "pinned at start");
+        let mut vm = ts.connect("vm1");
+        let peer = RawSock::open("b");
+
+        // The guest's broadcast, back from the wire: flooded (to the guest too), not learned.
+        let mut echo = frame_from(VM_MAC, 64, 1);
+        echo[..6].copy_from_slice(&[0xff; 6]);
+        peer.send(&echo);
+        let got = vm.recv(WAIT).expect("the flooded broadcast");
+        assert_eq!(got, echo);
+        assert_eq!(vm_entry(&fdb()), Some(("vm1".into(), 0)), "not moved to a");
+
+        // Unicast from the wire to the guest is delivered, not dropped as a hairpin.
+        let mut unicast = frame_from(SRC_B, 64, 2);
+        unicast[..6].copy_from_slice(&VM_MAC);
+        peer.send(&unicast);
+        assert_eq!(vm.recv(WAIT), Some(unicast));
+
+        // Static: outlives the aging time (the wire station's learned entry does not).
+        std::thread::sleep(Duration::from_millis(2100));
+        let entries = fdb();
+        assert_eq!(vm_entry(&entries), Some(("vm1".into(), 0)), "{entries:?}");
+        assert!(
+            !entries.iter().any(|e| e.mac == MacAddr(SRC_B)),
+            "{entries:?}"
+        );
+
+        // Removing the port releases the MAC.
+        drop(vm);
+        let r = sw.handle(&Request::PortDel { name: "vm1".into() });
+        assert_eq!(r, Response::PortDeleted { name: "vm1".into() });
+        assert_eq!(vm_entry(&fdb()), None);
+
+        // One owner per MAC and VLAN.
+        match sw.handle(&Request::PortAdd {
+            port: vm_port(ts.dir(), "vm2"),
+        }) {
+            Response::PortAdded { port } => assert_eq!(port.name, "vm2"),
+            other => panic!("vm2: {other:?}"),
+        }
+        assert_eq!(vm_entry(&fdb()), Some(("vm2".into(), 0)));
+        match sw.handle(&Request::PortAdd {
+            port: vm_port(ts.dir(), "vm3"),
+        }) {
+            Response::Error { message } => assert_eq!(
+                message,
+                "port vm3: allowed MAC 52:54:00:12:34:56 on VLAN 1 belongs to port vm2 already"
+            ),
+            other => panic!("vm3: {other:?}"),
+        }
+        let Response::Ports { ports } = sw.handle(&Request::Ports {}) else {
+            panic!("ports");
+        };
+        let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "vm2"]);
+        assert!(!ts.sock("vm3").exists(), "no socket left behind");
+        assert_eq!(vm_entry(&fdb()), Some(("vm2".into(), 0)));
+    });
+}

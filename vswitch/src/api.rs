@@ -48,6 +48,25 @@ pub enum Request {
         /// The VM's MAC.
         mac: MacAddr,
     },
+    /// Hold, or release, the frames the switch would write into VM port `port`'s
+    /// receive rings. Used while the guest's `net_failover` still has the VF as its
+    /// primary (it drops whatever arrives on the standby until the VF is gone).
+    ///
+    /// `hold: true` starts holding (up to 4096 frames and 16 MiB; more are dropped
+    /// as `hold_overflow`), or renews the deadline of a hold under way. The hold ends
+    /// by itself after `max_ms` (default 5000, at most 60000), as if released.
+    /// `hold: false` releases: the held frames are delivered in arrival order, and
+    /// frames arriving meanwhile queue behind them, then delivery is back to
+    /// normal. Releasing a port that does not hold is not an error.
+    Hold {
+        /// VM port name.
+        port: String,
+        /// Start (or renew) the hold, or release it.
+        hold: bool,
+        /// With `hold: true`: milliseconds until the hold ends by itself.
+        #[serde(default)]
+        max_ms: Option<u64>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -92,6 +111,21 @@ pub enum Response {
         mac: MacAddr,
         /// Uplinks the RARP went out of.
         uplinks: Vec<String>,
+    },
+    /// Answer to [`Request::Hold`].
+    ///
+    /// For `hold: false`, sent once the port's forwarding thread delivered the
+    /// held frames (or after at most one second, with `holding` still true, if the
+    /// drain had not finished by then).
+    Held {
+        /// VM port name.
+        port: String,
+        /// Frames are still held or being delivered from the hold.
+        holding: bool,
+        /// Frames held since the hold started (0 if the port was not holding).
+        held: u64,
+        /// Held frames delivered to the guest so far (0 if the port was not holding).
+        released: u64,
     },
     /// The request could not be served.
     Error {
@@ -220,6 +254,7 @@ drop_reasons! {
     EgressRateLimit => "egress_rate_limit": "Over the port's egress rate limit (packets or bytes per second).",
     FdbLimit => "fdb_limit": "A new source MAC beyond the port's FDB entry limit.",
     BadOffload => "bad_offload": "A virtio-net header whose checksum or segmentation fields do not fit the frame.",
+    HoldOverflow => "hold_overflow": "A frame for a VM port whose receive direction is held, beyond the hold's frame or byte limit.",
 }
 
 /// Number of drop reasons.
@@ -309,6 +344,41 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"request":"ports","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn test_hold_request_and_answer_json() {
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"request":"hold","port":"vm1","hold":true}"#)
+                .unwrap(),
+            Request::Hold {
+                port: "vm1".into(),
+                hold: true,
+                max_ms: None
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                r#"{"request":"hold","port":"vm1","hold":true,"max_ms":200}"#
+            )
+            .unwrap(),
+            Request::Hold {
+                port: "vm1".into(),
+                hold: true,
+                max_ms: Some(200)
+            }
+        );
+        let r = Response::Held {
+            port: "vm1".into(),
+            holding: false,
+            held: 3,
+            released: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"response":"held","port":"vm1","holding":false,"held":3,"released":3}"#
+        );
+        assert_eq!(DropReason::HoldOverflow.as_str(), "hold_overflow");
     }
 
     #[test]

@@ -605,7 +605,8 @@ mod tests {
                 | Request::PortAdd { .. }
                 | Request::PortSet { .. }
                 | Request::PortDel { .. }
-                | Request::Announce { .. } => Response::Error {
+                | Request::Announce { .. }
+                | Request::Hold { .. } => Response::Error {
                     message: "no stats here".into(),
                 },
             }

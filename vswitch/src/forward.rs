@@ -28,6 +28,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::api::DropReason;
 use crate::fdb::{Fdb, Learned, PortId};
 use crate::features::MAX_GSO_FRAME;
+use crate::hold::HeldFrame;
 use crate::logging::warn_limited;
 use crate::offload::{
     caps, finalize_checksum, partial_csum_location, segment, validate, VnetHdr, FLAG_NEEDS_CSUM,
@@ -293,6 +294,9 @@ struct Classified {
 struct Delivered {
     packets: u64,
     bytes: u64,
+    /// Draining a hold: the guest had no receive buffer for the last frame taken,
+    /// which was neither written nor counted as dropped.
+    stalled: bool,
 }
 
 /// One forwarding thread.
@@ -462,6 +466,7 @@ impl Forwarder {
             self.clock_ns.set(self.shared.nanos_at(t));
             let mut work = 0;
             for i in 0..self.vm_ports.len() {
+                work += self.drain_hold(i, t);
                 work += self.poll_vm_port(&table, i, now);
             }
             for i in 0..self.uplinks.len() {
@@ -532,13 +537,94 @@ impl Forwarder {
             }
         }
         if !pending {
-            if let Err(e) = events.run_with_timeout(SLEEP_MS) {
+            let timeout = self.hold_wake_ms().map_or(SLEEP_MS, |ms| ms.min(SLEEP_MS));
+            if let Err(e) = events.run_with_timeout(timeout) {
                 log::error!("forwarding thread {}: wait failed: {e:?}", self.index);
             }
             self.clear_uplink_errors();
         }
         self.waker.set_sleeping(false);
         self.waker.consume();
+    }
+
+    /// How long (ms) this thread may sleep before a hold it owns needs it: a hold's
+    /// deadline, or 1 ms while a drain waits for the guest's receive buffers. Read
+    /// after the thread marked itself sleeping, so a later change wakes it.
+    fn hold_wake_ms(&self) -> Option<i32> {
+        let now = Instant::now();
+        self.vm_ports
+            .iter()
+            .filter(|p| p.owner == self.index)
+            .filter_map(|p| p.vhost()?.hold.wake_in(now))
+            .map(|d| i32::try_from(d.as_millis() + 1).unwrap_or(i32::MAX))
+            .min()
+    }
+
+    /// Delivers up to [`BATCH`] frames held for VM port number `i` if this thread
+    /// owns the port (its queue pair 0) and its hold is being released or reached
+    /// its deadline at `now`; returns the frames handled. One atomic load when the
+    /// port does not hold.
+    ///
+    /// Frames go through [`deliver_to_guest`] like any other (one RX queue, so in
+    /// order); when the guest has no receive buffer the rest waits for the next
+    /// round, for at most [`crate::hold::DRAIN_STALL`], then is dropped as
+    /// `no_rx_buffer`, as it is at once when no frontend is connected. An empty
+    /// queue ends the drain: delivery is back to normal.
+    fn drain_hold(&self, i: usize, now: Instant) -> usize {
+        let port = &self.vm_ports[i];
+        let Some(v) = port.vhost() else { return 0 };
+        if port.owner != self.index {
+            return 0;
+        }
+        let Some(mut q) = v.hold.due(now) else {
+            return 0;
+        };
+        let Some(att) = v.attached.load_full() else {
+            let n = q.discard();
+            port.counters.drop(DropReason::NoRxBuffer, n);
+            v.hold.finish_if_empty(&mut q);
+            return usize::try_from(n).unwrap_or(usize::MAX);
+        };
+        let taken = std::cell::Cell::new(0usize);
+        let d = {
+            let frames = q.frames.iter().take(BATCH).map(|h| {
+                taken.set(taken.get() + 1);
+                let f = OutFrame {
+                    bytes: FrameBytes::Host(&h.bytes),
+                    tagged: false,
+                    len: h.bytes.len(),
+                    offload: h.offload,
+                };
+                (f, Egress { insert_tag: None })
+            });
+            let mut scratch = self.scratch.borrow_mut();
+            deliver_to_guest(port, &att, 0, frames, &mut scratch, true)
+        };
+        let done = taken.get().saturating_sub(usize::from(d.stalled));
+        q.released(done);
+        port.counters
+            .tx_packets
+            .fetch_add(d.packets, Ordering::Relaxed);
+        port.counters.tx_bytes.fetch_add(d.bytes, Ordering::Relaxed);
+        if done == 0 && !q.frames.is_empty() && q.stalled(now) {
+            let n = q.discard();
+            port.counters.drop(DropReason::NoRxBuffer, n);
+            warn_limited!(
+                "port {}: no receive buffer for {} held frames; dropped",
+                port.name,
+                n
+            );
+        }
+        if v.hold.finish_if_empty(&mut q) {
+            let c = q.counts();
+            log::info!(
+                "port {}: hold released ({} held, {} delivered)",
+                port.name,
+                c.held,
+                c.released
+            );
+        }
+        done
     }
 
     /// Reads pending socket errors of the uplinks (e.g. ENETDOWN when the interface
@@ -954,10 +1040,23 @@ impl Forwarder {
         frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
     ) {
         let d = match &port.backend {
+            PortBackend::Vhost(v) if v.hold.is_active() => {
+                // Held (or a drain under way): queue behind what is held already.
+                let Some(mut q) = v.hold.queue() else {
+                    // The drain ended meanwhile: deliver as usual.
+                    return self.deliver_held_ended(port, hint, frames);
+                };
+                for (f, e) in frames {
+                    if let Err(reason) = q.push(f.out_len(e), || held_frame(&f, e)) {
+                        port.counters.drop(reason, 1);
+                    }
+                }
+                return;
+            }
             PortBackend::Vhost(v) => match v.attached.load_full() {
                 Some(att) => {
                     let mut scratch = self.scratch.borrow_mut();
-                    deliver_to_guest(port, &att, hint, frames, &mut scratch)
+                    deliver_to_guest(port, &att, hint, frames, &mut scratch, false)
                 }
                 None => {
                     let n = frames.count() as u64;
@@ -1010,6 +1109,29 @@ impl Forwarder {
                 port.counters.drop(DropReason::NoRxBuffer, dropped);
                 d
             }
+        };
+        port.counters
+            .tx_packets
+            .fetch_add(d.packets, Ordering::Relaxed);
+        port.counters.tx_bytes.fetch_add(d.bytes, Ordering::Relaxed);
+    }
+
+    /// [`Forwarder::deliver_admitted`] for a VM port whose hold ended between the
+    /// lock-free check and the lock.
+    fn deliver_held_ended<'a, 'm: 'a>(
+        &self,
+        port: &Port,
+        hint: usize,
+        frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
+    ) {
+        let Some(att) = port.vhost().and_then(|v| v.attached.load_full()) else {
+            port.counters
+                .drop(DropReason::NoRxBuffer, frames.count() as u64);
+            return;
+        };
+        let d = {
+            let mut scratch = self.scratch.borrow_mut();
+            deliver_to_guest(port, &att, hint, frames, &mut scratch, false)
         };
         port.counters
             .tx_packets
@@ -1140,6 +1262,25 @@ fn super_frame(data: &[u8], wire_mtu: u16, buf: &mut [u8]) -> Option<(usize, Vne
     Some((data.len(), hdr))
 }
 
+/// A copy of `f` as it leaves through `e`, to be held for the guest: the offload's
+/// offsets moved by the tag added or removed.
+fn held_frame(f: &OutFrame<'_, '_>, e: Egress) -> Result<HeldFrame, DropReason> {
+    let mut bytes = vec![0; f.out_len(e)];
+    let n = f.write_host(e, &mut bytes);
+    if n == 0 {
+        return Err(DropReason::OversizeFrame);
+    }
+    bytes.truncate(n);
+    let offload = match f.offload {
+        Some(h) if n != f.len => {
+            let delta = i32::try_from(n).unwrap_or(i32::MAX) - i32::try_from(f.len).unwrap_or(0);
+            Some(h.shift_offsets(delta)?)
+        }
+        other => other,
+    };
+    Ok(HeldFrame { bytes, offload })
+}
+
 /// Stops a queue whose rings are unusable, so the thread does not spin on it.
 fn stop_broken_queue(port: &Port, q: &mut virtio_queue::Queue, e: RingError) {
     q.set_ready(false);
@@ -1148,12 +1289,17 @@ fn stop_broken_queue(port: &Port, q: &mut virtio_queue::Queue, e: RingError) {
 }
 
 /// Copies frames into a guest's RX ring (taking its lock once) and interrupts it once.
+///
+/// `drain` (delivering a hold): a frame that finds no receive buffer (or no running
+/// RX queue) is not dropped; the delivery stops there with
+/// [`Delivered::stalled`] set, leaving the rest of `frames` untaken.
 fn deliver_to_guest<'a, 'm: 'a>(
     port: &Port,
     att: &Attached,
     hint: usize,
     frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
     scratch: &mut Scratch,
+    drain: bool,
 ) -> Delivered {
     let mut d = Delivered::default();
     let mem = att.mem.memory();
@@ -1174,6 +1320,10 @@ fn deliver_to_guest<'a, 'm: 'a>(
         att.mark_stopped(2 * q);
     }
     let Some((q, mut rx)) = chosen else {
+        if drain {
+            d.stalled = true;
+            return d;
+        }
         port.counters
             .drop(DropReason::NoRxBuffer, frames.count() as u64);
         return d;
@@ -1220,6 +1370,10 @@ fn deliver_to_guest<'a, 'm: 'a>(
                 mrg,
                 VnetHdr::default(),
             );
+            if drain && r == Err(DropReason::NoRxBuffer) {
+                d.stalled = true;
+                break;
+            }
             outcome(r, &mut d);
             continue;
         };
@@ -1235,6 +1389,10 @@ fn deliver_to_guest<'a, 'm: 'a>(
                 mrg,
                 action.rx_header(acked, &h),
             );
+            if drain && r == Err(DropReason::NoRxBuffer) {
+                d.stalled = true;
+                break;
+            }
             outcome(r, &mut d);
             continue;
         }

@@ -8,6 +8,7 @@
 //!
 //! Layout: [`wire`] (Ethernet), [`fdb`] (learning table), [`ring`] (split virtqueue
 //! fast path over guest memory), [`port`] (vhost-user port control plane),
+//! [`hold`] (holding a VM port's receive direction during a path change),
 //! [`uplink`] (AF_PACKET TPACKET_V3), [`forward`] (data plane threads), [`switch`]
 //! (assembly), [`control`] (unix-socket JSON API), [`config`], [`api`].
 #![deny(missing_docs)]
@@ -20,6 +21,7 @@ pub mod dirty;
 pub mod fdb;
 pub mod features;
 pub mod forward;
+pub mod hold;
 pub(crate) mod logging;
 pub mod metrics;
 pub mod offload;

@@ -235,6 +235,8 @@ pub struct VhostPort {
     pub connections: AtomicU64,
     /// Connections open now.
     pub live: AtomicUsize,
+    /// Frames held for the guest during a path change ([`crate::api::Request::Hold`]).
+    pub hold: crate::hold::Hold,
     shutdown: AtomicBool,
     handles: Mutex<Vec<(u64, vhost_user_backend::ShutdownHandle)>>,
 }
@@ -388,6 +390,7 @@ impl VhostPort {
             attached: ArcSwapOption::empty(),
             connections: AtomicU64::new(0),
             live: AtomicUsize::new(0),
+            hold: crate::hold::Hold::default(),
             shutdown: AtomicBool::new(false),
             handles: Mutex::new(Vec::new()),
         }

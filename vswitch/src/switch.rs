@@ -13,6 +13,7 @@ use crate::config::{check_bursts, ConfigError, PortConfig, PortMode, SwitchConfi
 use crate::control::{ControlError, ControlHandler, ControlServer};
 use crate::fdb::{Fdb, PortId};
 use crate::forward::{Forwarder, PortTable, Shared};
+use crate::hold::{HoldCounts, HOLD_DEFAULT_MS, HOLD_MAX_MS};
 use crate::policy::{PolicyConfig, PortPolicy, VlanMode};
 use crate::port::{
     bind_server_socket, serve_vhost_port, Port, PortBackend, PortError, UplinkPort, VhostPort,
@@ -20,6 +21,9 @@ use crate::port::{
 };
 use crate::uplink::{Uplink, UplinkError};
 use crate::wire::MacAddr;
+
+/// Longest a [`Request::Hold`] release waits for the held frames to be delivered.
+pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Errors starting the switch.
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +278,13 @@ impl State {
             let (_, t) = ctl.threads.swap_remove(i);
             let _ = t.join();
         }
+        if let Some(v) = port.vhost() {
+            // Nobody drains a removed port: its held frames go now.
+            let n = v.hold.discard();
+            if n > 0 {
+                log::info!("port {name}: {n} held frames discarded");
+            }
+        }
         self.shared.fdb.flush_port(port.id);
         self.shared.fdb.remove_port_static(port.id);
         if let Some(i) = ctl.sockets.iter().position(|(id, _)| *id == port.id) {
@@ -377,6 +388,43 @@ impl State {
         Ok(sent)
     }
 
+    /// [`Request::Hold`]: start, renew or release the hold of VM port `name`.
+    /// A release waits (at most [`RELEASE_WAIT`]) for the owning forwarding thread
+    /// to deliver the held frames, so the answer tells what reached the guest.
+    fn hold(
+        &self,
+        name: &str,
+        hold: bool,
+        max_ms: Option<u64>,
+    ) -> Result<(bool, HoldCounts), PortChangeError> {
+        let table = self.shared.ports.load_full();
+        let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()) else {
+            return Err(PortChangeError::NotFound(name.to_string()));
+        };
+        let Some(v) = port.vhost() else {
+            return Err(PortChangeError::NotFound(name.to_string()));
+        };
+        if hold {
+            let ms = max_ms.unwrap_or(HOLD_DEFAULT_MS).min(HOLD_MAX_MS);
+            let counts = v
+                .hold
+                .start(Instant::now() + std::time::Duration::from_millis(ms));
+            // The owning thread's sleep is bounded by the new deadline.
+            self.wake_all();
+            log::info!("port {name}: holding its receive direction for up to {ms} ms");
+            return Ok((true, counts));
+        }
+        if !v.hold.release() {
+            return Ok((false, HoldCounts::default()));
+        }
+        self.wake_all();
+        let until = Instant::now() + RELEASE_WAIT;
+        while v.hold.is_active() && Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok((v.hold.is_active(), v.hold.counts()))
+    }
+
     fn wake_all(&self) {
         for w in self.shared.wakers.iter() {
             w.wake();
@@ -424,6 +472,17 @@ impl ControlHandler for State {
             },
             Request::PortDel { name } => match self.remove_port(name) {
                 Ok(()) => Response::PortDeleted { name: name.clone() },
+                Err(e) => Response::Error {
+                    message: error_chain(&e),
+                },
+            },
+            Request::Hold { port, hold, max_ms } => match self.hold(port, *hold, *max_ms) {
+                Ok((holding, c)) => Response::Held {
+                    port: port.clone(),
+                    holding,
+                    held: c.held,
+                    released: c.released,
+                },
                 Err(e) => Response::Error {
                     message: error_chain(&e),
                 },

@@ -1654,3 +1654,201 @@ fn switch_applies_a_guests_receive_filter() {
     a.send(&bc).expect("send");
     assert_frames_eq(&recv_quiet(&mut b), &[bc], "broadcast passes the filter");
 }
+
+// ---------------------------------------------------------------------------------------
+// Holding a VM port's receive direction (path change to the switch)
+// ---------------------------------------------------------------------------------------
+
+/// Sends a hold request for `port`; returns `(holding, held, released)`.
+fn hold_req(ts: &TestSwitch, port: &str, hold: bool, max_ms: Option<u64>) -> (bool, u64, u64) {
+    match ts.switch().handle(&Request::Hold {
+        port: port.into(),
+        hold,
+        max_ms,
+    }) {
+        Response::Held {
+            port: p,
+            holding,
+            held,
+            released,
+        } => {
+            assert_eq!(p, port);
+            (holding, held, released)
+        }
+        other => panic!("hold {port} {hold}: {other:?}"),
+    }
+}
+
+/// Renews the hold of `port` until `held` reaches `n` (or [`WAIT`] passes); returns it.
+fn wait_held(ts: &TestSwitch, port: &str, n: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (holding, held, _) = hold_req(ts, port, true, Some(60_000));
+        assert!(holding);
+        if held >= n || Instant::now() > deadline {
+            return held;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts switch ports a and b, connects both and lets the switch learn both MACs.
+fn held_pair() -> (TestSwitch, MockFrontend, MockFrontend) {
+    let ts = start_switch(&[("a", 1), ("b", 1)]);
+    let (mut a, mut b) = (ts.connect("a"), ts.connect("b"));
+    assert_forwards(&mut b, &mut a, 0xb, 0xa, 1);
+    assert_forwards(&mut a, &mut b, 0xa, 0xb, 2);
+    (ts, a, b)
+}
+
+#[test]
+fn switch_holds_a_vm_ports_receive_direction_and_releases_in_order() {
+    let (ts, mut a, mut b) = held_pair();
+    let before = ts.stats("b");
+    assert_eq!(hold_req(&ts, "b", true, None), (true, 0, 0));
+    let sent: Vec<Vec<u8>> = (0..100u32)
+        .map(|i| frame(mac(0xb), mac(0xa), 60 + (i as usize * 37) % 1455, 1000 + i))
+        .collect();
+    a.send_burst(&sent).unwrap();
+    assert!(a.wait_tx_all_completed(WAIT), "A's TX chains not returned");
+    assert_eq!(wait_held(&ts, "b", 100), 100, "held");
+    assert!(recv_quiet(&mut b).is_empty(), "b received while held");
+    assert_eq!(
+        ts.stats("b").tx_packets,
+        before.tx_packets,
+        "nothing delivered"
+    );
+
+    // Release while more frames arrive: they queue behind the held ones.
+    let more: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| frame(mac(0xb), mac(0xa), 100, 2000 + i))
+        .collect();
+    let released = thread::scope(|s| {
+        let r = s.spawn(|| hold_req(&ts, "b", false, None));
+        a.send_burst(&more).unwrap();
+        r.join().expect("release thread")
+    });
+    assert!(!released.0, "still holding after the release: {released:?}");
+    assert!(released.1 >= 100, "{released:?}");
+    assert_eq!(
+        released.1, released.2,
+        "every held frame delivered: {released:?}"
+    );
+    let mut want = sent.clone();
+    want.extend(more.iter().cloned());
+    assert_frames_eq(
+        &recv_n(&mut b, want.len(), WAIT),
+        &want,
+        "released in order",
+    );
+    assert!(recv_quiet(&mut b).is_empty(), "b got extra frames");
+
+    let sb = ts.wait_stats("b", |s| s.tx_packets >= before.tx_packets + 150);
+    assert_eq!(sb.tx_packets, before.tx_packets + 150, "b tx counters");
+    assert_eq!(total_drops(&sb), 0, "drops on b: {:?}", nonzero_drops(&sb));
+
+    // Normal delivery again; releasing a port that does not hold is fine.
+    assert_forwards(&mut a, &mut b, 0xa, 0xb, 3);
+    assert_eq!(hold_req(&ts, "b", false, None), (false, 0, 0));
+}
+
+#[test]
+fn switch_hold_ends_by_itself_at_its_deadline() {
+    let (ts, mut a, mut b) = held_pair();
+    let t0 = Instant::now();
+    assert_eq!(hold_req(&ts, "b", true, Some(200)), (true, 0, 0));
+    let sent: Vec<Vec<u8>> = (0..10u32)
+        .map(|i| frame(mac(0xb), mac(0xa), 100, 3000 + i))
+        .collect();
+    a.send_burst(&sent).unwrap();
+    // Nobody releases: the frames arrive once the 200 ms are over.
+    let got = recv_n(&mut b, sent.len(), WAIT);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "delivered before the deadline"
+    );
+    assert_frames_eq(&got, &sent, "self-released in order");
+    assert_eq!(hold_req(&ts, "b", false, None), (false, 0, 0));
+    assert_forwards(&mut a, &mut b, 0xa, 0xb, 4);
+    let sb = ts.stats("b");
+    assert_eq!(total_drops(&sb), 0, "drops on b: {:?}", nonzero_drops(&sb));
+}
+
+#[test]
+fn switch_hold_overflow_is_counted_and_the_rest_delivered() {
+    use vswitch::hold::HOLD_MAX_FRAMES;
+    let (ts, mut a, mut b) = held_pair();
+    let before = ts.stats("b");
+    hold_req(&ts, "b", true, Some(60_000));
+    let extra = 50;
+    let sent: Vec<Vec<u8>> = (0..(HOLD_MAX_FRAMES + extra) as u32)
+        .map(|i| frame(mac(0xb), mac(0xa), 60, 10_000 + i))
+        .collect();
+    a.send_burst(&sent).unwrap();
+    assert!(a.wait_tx_all_completed(WAIT), "A's TX chains not returned");
+    assert_eq!(
+        ts.wait_drops("b", "hold_overflow", extra as u64),
+        extra as u64,
+        "hold_overflow on b"
+    );
+    assert_eq!(
+        wait_held(&ts, "b", HOLD_MAX_FRAMES as u64),
+        HOLD_MAX_FRAMES as u64
+    );
+    // More frames than b has receive buffers: the drain waits for b to recycle them.
+    let got = thread::scope(|s| {
+        let r = s.spawn(|| hold_req(&ts, "b", false, None));
+        let got = recv_n(&mut b, HOLD_MAX_FRAMES, WAIT * 2);
+        r.join().expect("release thread");
+        got
+    });
+    assert_frames_eq(&got, &sent[..HOLD_MAX_FRAMES], "released in order");
+    let sb = ts.wait_stats("b", |s| {
+        s.tx_packets >= before.tx_packets + HOLD_MAX_FRAMES as u64
+    });
+    assert_eq!(sb.tx_packets, before.tx_packets + HOLD_MAX_FRAMES as u64);
+    assert_eq!(
+        nonzero_drops(&sb),
+        BTreeMap::from([("hold_overflow", extra as u64)])
+    );
+    assert_forwards(&mut a, &mut b, 0xa, 0xb, 5);
+}
+
+#[test]
+fn switch_hold_refuses_unknown_ports_and_discards_on_removal() {
+    let (ts, mut a, _b) = held_pair();
+    let r = ts.switch().handle(&Request::Hold {
+        port: "nope".into(),
+        hold: true,
+        max_ms: None,
+    });
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("no VM port named nope")),
+        "{r:?}"
+    );
+    hold_req(&ts, "b", true, None);
+    a.send(&frame(mac(0xb), mac(0xa), 100, 1)).unwrap();
+    assert_eq!(wait_held(&ts, "b", 1), 1);
+    ts.switch().remove_port("b").expect("remove b");
+    let r = ts.switch().handle(&Request::Hold {
+        port: "b".into(),
+        hold: false,
+        max_ms: None,
+    });
+    assert!(matches!(r, Response::Error { .. }), "{r:?}");
+}
+
+#[test]
+fn switch_hold_released_without_a_frontend_counts_no_rx_buffer() {
+    let (ts, mut a, b) = held_pair();
+    hold_req(&ts, "b", true, None);
+    let sent: Vec<Vec<u8>> = (0..3u32)
+        .map(|i| frame(mac(0xb), mac(0xa), 100, 4000 + i))
+        .collect();
+    a.send_burst(&sent).unwrap();
+    assert_eq!(wait_held(&ts, "b", 3), 3);
+    drop(b);
+    ts.wait_connected("b", false);
+    assert_eq!(hold_req(&ts, "b", false, None), (false, 3, 0));
+    assert_eq!(ts.wait_drops("b", "no_rx_buffer", 3), 3);
+}

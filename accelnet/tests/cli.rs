@@ -207,7 +207,8 @@ impl ControlHandler for FakeSwitch {
             | Request::PortAdd { .. }
             | Request::PortSet { .. }
             | Request::PortDel { .. }
-            | Request::Announce { .. } => Response::Error {
+            | Request::Announce { .. }
+            | Request::Hold { .. } => Response::Error {
                 message: "fdb is busy".into(),
             },
             Request::Stats {} => Response::Stats {

@@ -384,6 +384,15 @@ pub enum VmmError {
         /// The VMM's error description.
         message: String,
     },
+    /// The VM has no synthetic NIC to pair a direct path with (a VM launched
+    /// outside accelnet, or its NIC was removed).
+    #[error("VM {vm}: no synthetic network adapter ({device}) to pair the direct path with")]
+    NoNic {
+        /// The VM.
+        vm: String,
+        /// The device id looked for.
+        device: String,
+    },
 }
 
 /// Receives [`VmEvent`]s from a [`Vmm`]; lagging receivers lose the oldest events

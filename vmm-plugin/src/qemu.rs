@@ -436,12 +436,17 @@ impl QemuVm {
 
     /// Whether `primary0` exists in QEMU (plugged, not hidden by failover).
     async fn primary_present(&self) -> Result<bool, VmmError> {
+        self.device_present(PRIMARY_ID).await
+    }
+
+    /// Whether the device `id` exists in QEMU.
+    async fn device_present(&self, id: &str) -> Result<bool, VmmError> {
         let list = self
             .execute("qom-list", Some(json!({"path": "/machine/peripheral"})))
             .await?;
         Ok(list
             .as_array()
-            .is_some_and(|a| a.iter().any(|p| p["name"] == PRIMARY_ID)))
+            .is_some_and(|a| a.iter().any(|p| p["name"] == id)))
     }
 }
 
@@ -659,6 +664,12 @@ impl Vmm for QemuVm {
     async fn attach_direct(&self, path: &DirectPath) -> Result<(), VmmError> {
         self.connected()?;
         self.require_direct_version().await?;
+        if !self.device_present(STANDBY_ID).await? {
+            return Err(VmmError::NoNic {
+                vm: self.spec.name.clone(),
+                device: STANDBY_ID.to_string(),
+            });
+        }
         let added_netdev = match cmdline::direct_netdev_qmp_args(path) {
             Some(args) => {
                 self.execute("netdev_add", Some(args)).await?;

@@ -88,6 +88,7 @@ fn response_kind(resp: &Response) -> &'static str {
         Response::PortDeleted { .. } => "port_deleted",
         Response::PortUpdated { .. } => "port_updated",
         Response::Announced { .. } => "announced",
+        Response::Held { .. } => "held",
         Response::Error { .. } => "error",
     }
 }

@@ -6,6 +6,7 @@
 //! Any failure undoes what was done, in reverse, and leaves the record `failed` with
 //! the reason; a crash in between is found by the next command (`VmStore::repair`).
 
+mod path;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -74,6 +75,14 @@ enum VmCommand {
     Stop(StopArgs),
     /// Forget stopped or failed VMs (their records go).
     Delete(DeleteArgs),
+    /// Accelerate running VMs: hot-plug a direct path (a VF from the pool, or the
+    /// lab stand-in) and move their traffic onto it (Enable-AccelNetVM).
+    Enable(path::EnableArgs),
+    /// Change the performance tier of accelerated VMs (Set-AccelNetVM).
+    Set(path::SetArgs),
+    /// Remove running VMs' direct paths and move their traffic to the synthetic
+    /// path; a VF goes back to the pool (Disable-AccelNetVM).
+    Disable(path::DisableArgs),
 }
 
 /// Arguments of `accelnet vm delete`.
@@ -280,6 +289,9 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
         match args.command {
             VmCommand::Launch(a) => launch(&store, &args.paths, &a).await,
             VmCommand::List(a) => list(&store, &a),
+            VmCommand::Enable(a) => path::enable(&store, &args.paths, &a).await,
+            VmCommand::Disable(a) => path::disable(&store, &args.paths, &a).await,
+            VmCommand::Set(a) => path::set(&store, &args.paths, &a),
             VmCommand::Delete(a) => {
                 for name in &a.names {
                     let rec = store.get(name)?;
@@ -364,6 +376,7 @@ async fn vmm_for(
 /// What a launch has done so far, to undo on failure (in reverse).
 #[derive(Default)]
 struct Undo {
+    steering: Option<sriov::steer::Steering>,
     port: Option<(PathBuf, String)>,
     vf: Option<String>,
     vmm: Option<Box<dyn Vmm>>,
@@ -382,6 +395,7 @@ impl Undo {
                 Err(e) => log::warn!("VM {vm}: undo: cannot return VF {vf} to the pool: {e:#}"),
             }
         }
+        path::unsteer(self.steering.take().as_ref());
         if let Some((control, port)) = self.port.take() {
             if let Err(e) = switch_request(&control, &Request::PortDel { name: port }) {
                 log::warn!("VM {vm}: undo: cannot remove its switch port: {e:#}");
@@ -471,6 +485,8 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
         } else {
             DirectState::None
         },
+        steering: None,
+        vf_select: a.vf.clone(),
         pid: None,
         start_time: None,
         run_dir: run_dir.clone(),
@@ -560,6 +576,7 @@ async fn launch_steps(
     switch_request(&rec.switch_control, &Request::PortAdd { port })?;
     undo.port = Some((rec.switch_control.clone(), rec.port.clone()));
     // 2. The direct path: a VF from the pool, with the VM's MAC, on vfio-pci.
+    let mut allocated = None;
     if let Some(want) = &a.vf {
         let pool = open_pool(paths)?;
         pool.sync(&crate::sriov_cmd::discover_host(
@@ -582,6 +599,7 @@ async fn launch_steps(
         })?;
         undo.vf = Some(vf.vf.clone());
         rec.vf = Some(vf.vf.clone());
+        allocated = Some(vf.clone());
         rec.spec.direct = Some(DirectPath::Vf { pci: vf.vf.clone() });
         store.update(rec.name(), |r| {
             r.vf = Some(vf.vf.clone());
@@ -589,7 +607,28 @@ async fn launch_steps(
             Ok(())
         })?;
     }
-    // 3. The VMM.
+    // 3. The embedded switch sends the VM's MAC to the direct path, which QEMU
+    //    plugs from the start.
+    let steering = match &rec.spec.direct {
+        Some(DirectPath::Standin { tap, .. }) => {
+            Some(path::standin_steering(&rec.switch_control, tap, mac)?)
+        }
+        Some(DirectPath::Vf { .. }) => {
+            let vf = allocated.as_ref().context("no VF allocated")?;
+            Some(path::vf_steering(vf, mac)?)
+        }
+        None => None,
+    };
+    if let Some(s) = &steering {
+        undo.steering = Some(s.clone());
+        path::route(Some(s), sriov::steer::Route::Direct)?;
+        rec.steering = Some(s.clone());
+        store.update(rec.name(), |r| {
+            r.steering = Some(s.clone());
+            Ok(())
+        })?;
+    }
+    // 4. The VMM.
     let mut vmm = vmm_for(rec, a.vmm_binary.as_deref(), false).await?;
     let started = vmm.start().await;
     let status = match started {
@@ -615,6 +654,7 @@ async fn launch_steps(
     undo.vmm = None;
     undo.vf = None;
     undo.port = None;
+    undo.steering = None;
     Ok(())
 }
 
@@ -751,6 +791,7 @@ async fn stop(store: &VmStore, paths: &Paths, name: &str, grace: Duration) -> an
         Ok(other) => log::warn!("VM {name}: removing its switch port: {other:?}"),
         Err(e) => log::warn!("VM {name}: cannot reach the switch to remove its port: {e}"),
     }
+    path::unsteer(rec.steering.as_ref());
     if let Some(vf) = &rec.vf {
         let outcome = open_pool(paths)?.release(vf, Some(name))?;
         if let sriov::pool::Outcome::Quarantined { reason } = outcome {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redb::{Builder, ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sriov::pool::process_start_time;
+use sriov::steer::Steering;
 use sriov::tiers::Tier;
 use vmm_plugin::{VmSpec, VmmKind};
 
@@ -93,6 +94,12 @@ pub struct VmRecord {
     pub vf: Option<String>,
     /// Whether the direct path is plugged.
     pub direct: DirectState,
+    /// How the host's embedded switch is told which path carries the VM's MAC.
+    #[serde(default)]
+    pub steering: Option<Steering>,
+    /// What `--vf` asked the pool for (`auto` or a PCI address), for re-enabling.
+    #[serde(default)]
+    pub vf_select: Option<String>,
     /// The VMM process.
     #[serde(default)]
     pub pid: Option<u32>,
@@ -454,6 +461,8 @@ mod tests {
             switch_control: "/run/accelnet/switch.ctl".into(),
             vf: None,
             direct: DirectState::None,
+            steering: None,
+            vf_select: None,
             pid,
             start_time: pid.and_then(|p| process_start_time(Path::new("/proc"), p)),
             run_dir: "/run/accelnet/vm".into(),

@@ -1,0 +1,749 @@
+//! `accelnet vm enable|disable|set`: moving a running VM between its paths.
+//!
+//! The guest's `net_failover` takes frames from the standby (virtio, the switch)
+//! only while no primary (VF) is registered, and from the primary only once it is
+//! registered and up. Nobody tells the wire when that changes, so accelnet moves
+//! the VM's MAC itself, timed to the guest:
+//!
+//! * disable: the embedded switch sends the MAC to both paths (where it can),
+//!   the VMM unplugs the primary and waits for the guest to release it
+//!   (`DEVICE_DELETED`), then the MAC is pinned to the PF (the switch), the switch
+//!   announces it on the wire (RARP), and a VF goes back to the pool.
+//! * enable: a VF is taken from the pool with the VM's MAC (or the stand-in's tap
+//!   is used), the MAC goes to both paths, the VMM plugs the primary, and once the
+//!   guest sends over it (the host sees the frames) the MAC is pinned to it.
+//!
+//! Every failure leaves the VM on the path that works: a primary that cannot be
+//! plugged leaves it on the synthetic path with the VF returned; an unplug the
+//! guest never acknowledges leaves it on the direct path.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+use sriov::errors::{ErrorId, SeedError};
+use sriov::mac::MacAddr;
+use sriov::netlink::{Netlink, VfChange};
+use sriov::pool::{Owner, PoolVf, Select};
+use sriov::steer::{Route, Steering};
+use sriov::sysfs::SysfsRoot;
+use sriov::tiers::{self, Tier};
+use vmm_plugin::{DirectPath, StandinModel, Vmm, VmmError, VmmKind};
+use vswitch::api::PortKind;
+use vswitch::{Request, Response};
+
+use super::store::{DirectState, Phase, VmRecord, VmStore};
+use super::{host_ht, open_pool, switch_request, vmm_for, ModelArg, Paths, TierArg};
+use crate::pool_cmd::configure_vf;
+use crate::sriov_cmd::{json, print};
+
+/// `/sys/class/net` of the network namespace accelnet runs in.
+pub(super) const CLASS_NET: &str = "/sys/class/net";
+
+/// Arguments of `accelnet vm enable`.
+#[derive(Debug, Args)]
+pub(super) struct EnableArgs {
+    /// VM names.
+    #[arg(required = true)]
+    names: Vec<String>,
+    /// Performance tier (default: the VM's, else low).
+    #[arg(long, value_enum)]
+    performance: Option<TierArg>,
+    /// Direct path: this VF (PCI address), or `auto` for any free VF of the pool
+    /// (default: what the VM was launched with).
+    #[arg(long, value_name = "PCI|auto", conflicts_with = "vf_standin")]
+    vf: Option<String>,
+    /// Direct path, lab stand-in for a VF: an emulated NIC on this tap (QEMU only).
+    #[arg(long, value_name = "TAP")]
+    vf_standin: Option<String>,
+    /// Model of the stand-in NIC.
+    #[arg(long, value_enum, default_value = "e1000e", requires = "vf_standin")]
+    standin_model: ModelArg,
+    /// Seconds to wait for the guest to use the new primary before pinning the MAC
+    /// to it anyway.
+    #[arg(long, default_value_t = 10)]
+    settle: u64,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `accelnet vm disable`.
+#[derive(Debug, Args)]
+pub(super) struct DisableArgs {
+    /// VM names.
+    #[arg(required = true)]
+    names: Vec<String>,
+    /// Seconds to wait for the guest to release the primary.
+    #[arg(long, default_value_t = 20)]
+    timeout: u64,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `accelnet vm set`.
+#[derive(Debug, Args)]
+pub(super) struct SetArgs {
+    /// VM names.
+    #[arg(required = true)]
+    names: Vec<String>,
+    /// The new performance tier.
+    #[arg(long, value_enum)]
+    performance: TierArg,
+}
+
+/// One path change as the host did it: when each step happened, in milliseconds
+/// from the start of the change.
+#[derive(Debug, Serialize)]
+pub(super) struct PathChange {
+    vm: String,
+    action: &'static str,
+    /// Whether anything was done (false: the VM was there already).
+    changed: bool,
+    /// The direct path now.
+    direct: DirectState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vf: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steering: Option<String>,
+    /// The embedded switch started sending the MAC to both paths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    both_ms: Option<u64>,
+    /// The VMM plugged the primary, or the guest released it (`DEVICE_DELETED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmm_ms: Option<u64>,
+    /// The host saw the guest's first frame over the new primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guest_on_direct_ms: Option<u64>,
+    /// The MAC was pinned to the new path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinned_ms: Option<u64>,
+    /// Frames the switch held for the guest during the unplug and then delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<u64>,
+    /// Uplinks the switch announced the MAC on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    announced: Vec<String>,
+    total_ms: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
+}
+
+impl PathChange {
+    fn new(vm: &str, action: &'static str, direct: DirectState) -> PathChange {
+        PathChange {
+            vm: vm.to_string(),
+            action,
+            changed: false,
+            direct,
+            vf: None,
+            steering: None,
+            both_ms: None,
+            vmm_ms: None,
+            guest_on_direct_ms: None,
+            pinned_ms: None,
+            held: None,
+            announced: Vec::new(),
+            total_ms: 0,
+            notes: Vec::new(),
+        }
+    }
+
+    fn human(&self) -> String {
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        let mut s = match (self.changed, self.action) {
+            (true, "disable") => {
+                format!(
+                    "VM {}: direct path removed; traffic on the synthetic path\n",
+                    self.vm
+                )
+            }
+            (true, _) => format!("VM {}: direct path attached; traffic on it\n", self.vm),
+            (false, "disable") => format!(
+                "VM {}: already on the synthetic path (nothing to do)\n",
+                self.vm
+            ),
+            (false, _) => format!("VM {}: already accelerated (nothing to do)\n", self.vm),
+        };
+        if let Some(v) = &self.vf {
+            s.push_str(&format!("  direct path: {v}\n"));
+        }
+        if let Some(st) = &self.steering {
+            s.push_str(&format!("  embedded switch: {st}\n"));
+        }
+        if self.total_ms > 0 {
+            let vmm = if self.action == "disable" {
+                "guest released the primary"
+            } else {
+                "primary plugged"
+            };
+            s.push_str(&format!(
+                "  MAC to both paths {}, {vmm} {}, guest sending on the primary {}, MAC pinned {}, total {} ms\n",
+                ms(self.both_ms),
+                ms(self.vmm_ms),
+                ms(self.guest_on_direct_ms),
+                ms(self.pinned_ms),
+                self.total_ms
+            ));
+        }
+        if let Some(h) = self.held {
+            s.push_str(&format!(
+                "  the switch held {h} frame(s) for the guest while it let go of the primary\n"
+            ));
+        }
+        if !self.announced.is_empty() {
+            s.push_str(&format!(
+                "  announced on the wire via {}\n",
+                self.announced.join(", ")
+            ));
+        }
+        for n in &self.notes {
+            s.push_str(&format!("  note: {n}\n"));
+        }
+        s
+    }
+}
+
+fn ms_since(t0: Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Starts (`on`) or releases the switch's hold on the VM port's receive side;
+/// returns the frames held. A switch that cannot hold is logged, not fatal: the
+/// path change still works, with the guest's unplug window unprotected.
+fn hold(rec: &VmRecord, on: bool, within: Duration) -> Option<u64> {
+    let req = Request::Hold {
+        port: rec.port.clone(),
+        hold: on,
+        // The switch ends the hold by itself if accelnet dies in between.
+        max_ms: on.then(|| u64::try_from(within.as_millis()).unwrap_or(u64::MAX) + 2000),
+    };
+    match switch_request(&rec.switch_control, &req) {
+        Ok(Response::Held { held, .. }) => Some(held),
+        Ok(other) => {
+            log::warn!("VM {}: the switch answered {other:?} to a hold", rec.name());
+            None
+        }
+        Err(e) => {
+            log::warn!(
+                "VM {}: switch hold {}: {e:#}",
+                rec.name(),
+                if on { "on" } else { "off" }
+            );
+            None
+        }
+    }
+}
+
+/// The interfaces of the switch's uplinks.
+pub(super) fn switch_uplinks(control: &Path) -> anyhow::Result<Vec<String>> {
+    match switch_request(control, &Request::Ports {})? {
+        Response::Ports { ports } => Ok(ports
+            .into_iter()
+            .filter(|p| p.kind == PortKind::Uplink)
+            .map(|p| p.path)
+            .collect()),
+        other => bail!("the switch answered {other:?} to a port listing"),
+    }
+}
+
+/// The lab stand-in's steering for `tap`, set up for use.
+pub(super) fn standin_steering(
+    control: &Path,
+    tap: &str,
+    mac: MacAddr,
+) -> anyhow::Result<Steering> {
+    let class_net = Path::new(CLASS_NET);
+    let uplinks = switch_uplinks(control)?;
+    let s = Steering::standin_bridge(class_net, tap, &uplinks, mac)?;
+    s.prepare(class_net)
+        .with_context(|| format!("cannot set up {s}"))?;
+    Ok(s)
+}
+
+/// A real VF's steering.
+pub(super) fn vf_steering(vf: &PoolVf, mac: MacAddr) -> anyhow::Result<Steering> {
+    let pf = vf
+        .pf_netdev
+        .clone()
+        .with_context(|| format!("PF {} of VF {} has no network interface", vf.pf, vf.vf))?;
+    Ok(Steering::Vf {
+        pf,
+        vf: vf.index,
+        mac,
+    })
+}
+
+/// Moves the MAC; `None` steering (nothing to steer) is fine.
+pub(super) fn route(steering: Option<&Steering>, to: Route) -> anyhow::Result<()> {
+    if let Some(s) = steering {
+        let nl = Netlink::open()?;
+        s.route(&nl, Path::new(CLASS_NET), to)
+            .with_context(|| format!("cannot steer {} to the {to} path", s.mac()))?;
+    }
+    Ok(())
+}
+
+/// Takes the lab bridge's entry for the VM away (a stopped VM's MAC must not stay
+/// pinned); nothing on a NIC, whose VF the pool resets.
+pub(super) fn unsteer(steering: Option<&Steering>) {
+    if let Some(Steering::Bridge {
+        vf_port,
+        pf_port,
+        mac,
+        ..
+    }) = steering
+    {
+        match Netlink::open() {
+            Ok(nl) => {
+                for p in [vf_port, pf_port] {
+                    if let Err(e) = nl.bridge_fdb_remove(p, *mac) {
+                        log::warn!("cannot remove {mac} from bridge port {p}: {e}");
+                    }
+                }
+            }
+            Err(e) => log::warn!("cannot open rtnetlink to remove {mac}: {e}"),
+        }
+    }
+}
+
+/// The vCPU checks of `tier` for `rec`; its queue pairs.
+fn check_tier(paths: &Paths, rec: &VmRecord, tier: Tier) -> anyhow::Result<u16> {
+    let ht = host_ht(&paths.sysfs_root);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    tiers::check_node_cpus(tier, rec.name(), cpus, ht).map_err(anyhow::Error::new)?;
+    tiers::queue_pairs(tier, rec.spec.vcpus, ht, None).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (VM {}: {} vCPUs; {})",
+            rec.name(),
+            rec.spec.vcpus,
+            SeedError::new(ErrorId::VmNotEnoughVcpus, rec.name())
+        )
+    })
+}
+
+/// A running VM's record and its VMM.
+async fn running(store: &VmStore, name: &str) -> anyhow::Result<(VmRecord, Box<dyn Vmm>)> {
+    let rec = store.get(name)?;
+    if rec.phase != Phase::Running {
+        bail!("VM {name} is {}, not running", rec.phase.name());
+    }
+    if !rec.process_alive(Path::new("/proc")) {
+        bail!("VM {name}: its VMM process is gone (the next command marks it failed)");
+    }
+    let vmm = vmm_for(&rec, None, true).await?;
+    Ok((rec, vmm))
+}
+
+/// Maps a VMM error to the seed's id where there is one.
+fn seed(e: VmmError) -> anyhow::Error {
+    let id = match &e {
+        VmmError::NoNic { vm, .. } => Some(SeedError::new(ErrorId::GetNetworkAdapterFailed, vm)),
+        _ => None,
+    };
+    match id {
+        Some(id) => anyhow::Error::new(e).context(id.to_string()),
+        None => anyhow::Error::new(e),
+    }
+}
+
+/// `accelnet vm disable`.
+pub(super) async fn disable(store: &VmStore, paths: &Paths, a: &DisableArgs) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    let mut done = Vec::new();
+    for name in &a.names {
+        match disable_one(store, paths, name, Duration::from_secs(a.timeout)).await {
+            Ok(c) => {
+                if !a.json {
+                    print(&c.human())?;
+                }
+                done.push(c);
+            }
+            Err(e) => {
+                eprintln!("accelnet: VM {name}: {e:#}");
+                failed.push(name.as_str());
+            }
+        }
+    }
+    if a.json {
+        print(&json(&done)?)?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("could not disable {}", failed.join(", "))
+    }
+}
+
+async fn disable_one(
+    store: &VmStore,
+    paths: &Paths,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<PathChange> {
+    let (rec, vmm) = running(store, name).await?;
+    match rec.direct {
+        DirectState::None => bail!("VM {name} is not accelerated (it has no direct path)"),
+        DirectState::Detached => return Ok(PathChange::new(name, "disable", rec.direct)),
+        DirectState::Attached => {}
+    }
+    let steering = rec.steering.as_ref();
+    let mut change = PathChange::new(name, "disable", DirectState::Detached);
+    change.changed = true;
+    change.steering = steering.map(ToString::to_string);
+    let t0 = Instant::now();
+    // 1. The switch holds what it would hand the standby: between the primary's
+    //    driver stopping and net_failover unregistering it, the guest drops frames
+    //    on the standby. Released after DEVICE_DELETED, they are taken.
+    hold(&rec, true, timeout);
+    // 2. Frames for the MAC to both paths: the guest takes them from the primary
+    //    until it stops it, from the switch's hold after.
+    if let Err(e) = route(steering, Route::Both) {
+        hold(&rec, false, timeout);
+        return Err(e);
+    }
+    change.both_ms = Some(ms_since(t0));
+    // 3. Unplug; the guest acknowledges with DEVICE_DELETED.
+    let unplugged = vmm.detach_direct(timeout).await;
+    if unplugged.is_err() {
+        // Whatever happens next, the standby gets its frames again.
+        hold(&rec, false, timeout);
+    }
+    if let Err(e) = unplugged {
+        let still = vmm.status().await.map(|s| s.direct_attached);
+        return match still {
+            Ok(true) => {
+                // The guest still has its primary: keep the MAC there.
+                route(steering, Route::Direct)?;
+                Err(anyhow::Error::new(e).context(format!(
+                    "the direct path could not be removed; VM {name} stays on it"
+                )))
+            }
+            Ok(false) => {
+                finish_disable(store, paths, &rec, &mut change, t0).await?;
+                change
+                    .notes
+                    .push(format!("the VMM reported an error after the unplug: {e}"));
+                Ok(change)
+            }
+            Err(e2) => {
+                // The VMM is gone or unreachable: nothing carries the VM any more.
+                route(steering, Route::Synthetic).ok();
+                Err(anyhow::Error::new(e).context(format!(
+                    "unplugging failed and the VMM does not answer ({e2})"
+                )))
+            }
+        };
+    }
+    change.vmm_ms = Some(ms_since(t0));
+    finish_disable(store, paths, &rec, &mut change, t0).await?;
+    Ok(change)
+}
+
+/// After the guest let go of the primary: MAC to the switch, announce, VF back.
+async fn finish_disable(
+    store: &VmStore,
+    paths: &Paths,
+    rec: &VmRecord,
+    change: &mut PathChange,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let name = rec.name();
+    let pinned = route(rec.steering.as_ref(), Route::Synthetic);
+    change.held = hold(rec, false, Duration::ZERO);
+    pinned?;
+    change.pinned_ms = Some(ms_since(t0));
+    let mac: MacAddr = rec.spec.nic.mac.parse()?;
+    match switch_request(
+        &rec.switch_control,
+        &Request::Announce {
+            port: rec.port.clone(),
+            mac: vswitch::MacAddr(mac.0),
+        },
+    ) {
+        Ok(Response::Announced { uplinks, .. }) => change.announced = uplinks,
+        Ok(other) => change
+            .notes
+            .push(format!("the switch answered the announce with {other:?}")),
+        Err(e) => change
+            .notes
+            .push(format!("could not announce the MAC on the wire: {e:#}")),
+    }
+    change.total_ms = ms_since(t0);
+    if let Some(vf) = &rec.vf {
+        match open_pool(paths)?.release(vf, Some(name))? {
+            sriov::pool::Outcome::Quarantined { reason } => change.notes.push(format!(
+                "VF {vf} could not be reset and is quarantined: {reason}"
+            )),
+            _ => change.notes.push(format!("VF {vf} returned to the pool")),
+        }
+    }
+    let real_vf = rec.vf.is_some();
+    store.update(name, |r| {
+        r.direct = DirectState::Detached;
+        if real_vf {
+            r.vf = None;
+            r.steering = None;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// `accelnet vm enable`.
+pub(super) async fn enable(store: &VmStore, paths: &Paths, a: &EnableArgs) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    let mut done = Vec::new();
+    for name in &a.names {
+        match enable_one(store, paths, name, a).await {
+            Ok(c) => {
+                if !a.json {
+                    print(&c.human())?;
+                }
+                done.push(c);
+            }
+            Err(e) => {
+                eprintln!("accelnet: VM {name}: {e:#}");
+                failed.push(name.as_str());
+            }
+        }
+    }
+    if a.json {
+        print(&json(&done)?)?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("could not enable {}", failed.join(", "))
+    }
+}
+
+async fn enable_one(
+    store: &VmStore,
+    paths: &Paths,
+    name: &str,
+    a: &EnableArgs,
+) -> anyhow::Result<PathChange> {
+    let (rec, vmm) = running(store, name).await?;
+    let tier: Tier = a
+        .performance
+        .map(Tier::from)
+        .or(rec.performance)
+        .unwrap_or(Tier::Low);
+    if rec.direct == DirectState::Attached {
+        if a.performance.is_some() && rec.performance != Some(tier) {
+            bail!(
+                "VM {name} is enabled at another tier: use `accelnet vm set {name} --performance`"
+            );
+        }
+        return Ok(PathChange::new(name, "enable", rec.direct));
+    }
+    let queue_pairs = check_tier(paths, &rec, tier)?;
+    let mac: MacAddr = rec.spec.nic.mac.parse()?;
+    // Which direct path: the arguments', else the one the VM had.
+    let standin = match (&a.vf_standin, &a.vf) {
+        (Some(tap), _) => Some((
+            tap.clone(),
+            match a.standin_model {
+                ModelArg::E1000e => StandinModel::E1000e,
+                ModelArg::Igb => StandinModel::Igb,
+            },
+        )),
+        (None, Some(_)) => None,
+        (None, None) => match &rec.spec.direct {
+            Some(DirectPath::Standin { tap, model }) => Some((tap.clone(), *model)),
+            _ => None,
+        },
+    };
+    let vf_select = a.vf.clone().or_else(|| rec.vf_select.clone());
+    if standin.is_none() && vf_select.is_none() {
+        bail!(
+            "VM {name} has no direct path to enable: give --vf PCI|auto (or --vf-standin TAP in the lab)"
+        );
+    }
+    if standin.is_some() && rec.vmm != VmmKind::Qemu {
+        bail!("--vf-standin is QEMU-only; cloud-hypervisor needs a real VF (--vf)");
+    }
+    let mut change = PathChange::new(name, "enable", DirectState::Attached);
+    change.changed = true;
+    // 1. The direct path: the stand-in's tap, or a VF from the pool with the MAC.
+    let mut taken_vf: Option<String> = None;
+    let (path, steering) = match (&standin, &vf_select) {
+        (Some((tap, model)), _) => {
+            if !Path::new(CLASS_NET).join(tap).exists() {
+                bail!("--vf-standin {tap}: no such interface");
+            }
+            let s = standin_steering(&rec.switch_control, tap, mac)?;
+            (
+                DirectPath::Standin {
+                    tap: tap.clone(),
+                    model: *model,
+                },
+                s,
+            )
+        }
+        (None, Some(want)) => {
+            let root = SysfsRoot::new(&paths.sysfs_root);
+            let pool = open_pool(paths)?;
+            pool.sync(&crate::sriov_cmd::discover_host(
+                &crate::sriov_cmd::RootArgRef {
+                    root: &root,
+                    real: paths.sysfs_root == Path::new("/"),
+                },
+            )?)?;
+            let select = Select {
+                vf: (want != "auto").then(|| want.clone()),
+                ..Select::default()
+            };
+            let vf = pool
+                .allocate(&Owner::vm(name), &select, |vf| {
+                    let change = VfChange {
+                        mac: Some(mac),
+                        spoof_check: Some(true),
+                        ..VfChange::default()
+                    };
+                    configure_vf(&root, vf, &change, true)
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            taken_vf = Some(vf.vf.clone());
+            let s = vf_steering(&vf, mac)?;
+            (DirectPath::Vf { pci: vf.vf.clone() }, s)
+        }
+        (None, None) => unreachable!("checked above"),
+    };
+    change.vf = Some(match &path {
+        DirectPath::Vf { pci } => format!("VF {pci} (vfio-pci)"),
+        DirectPath::Standin { tap, model } => {
+            format!(
+                "lab stand-in {} on tap {tap} (not a VF)",
+                model.qemu_device()
+            )
+        }
+    });
+    change.steering = Some(steering.to_string());
+    let give_back = |paths: &Paths| {
+        if let Some(vf) = &taken_vf {
+            if let Err(e) = open_pool(paths).and_then(|p| Ok(p.release(vf, Some(name))?)) {
+                log::warn!("VM {name}: cannot return VF {vf} to the pool: {e:#}");
+            }
+        }
+    };
+    let class_net = Path::new(CLASS_NET);
+    let t0 = Instant::now();
+    // 2. The MAC to both paths (a NIC keeps it on the VF: the guest pairs by it).
+    if let Err(e) = route(Some(&steering), Route::Both) {
+        give_back(paths);
+        return Err(e);
+    }
+    change.both_ms = Some(ms_since(t0));
+    let sent_before = steering.direct_tx_frames(class_net);
+    // 3. Plug the primary.
+    if let Err(e) = vmm.attach_direct(&path).await {
+        let e = seed(e);
+        if let Err(e2) = route(Some(&steering), Route::Synthetic) {
+            log::warn!("VM {name}: cannot steer back to the synthetic path: {e2:#}");
+        }
+        give_back(paths);
+        return Err(e.context(format!(
+            "the direct path could not be plugged; VM {name} stays on the synthetic path"
+        )));
+    }
+    change.vmm_ms = Some(ms_since(t0));
+    // 4. Wait until the guest sends over the primary: then its link is up and
+    //    net_failover uses it; pin the MAC there.
+    if let Some(before) = sent_before {
+        let deadline = Instant::now() + Duration::from_secs(a.settle);
+        loop {
+            if steering
+                .direct_tx_frames(class_net)
+                .is_some_and(|n| n > before)
+            {
+                change.guest_on_direct_ms = Some(ms_since(t0));
+                break;
+            }
+            if Instant::now() >= deadline {
+                change.notes.push(format!(
+                    "the guest sent nothing over the primary within {} s; the MAC is pinned to it anyway",
+                    a.settle
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    route(Some(&steering), Route::Direct)?;
+    change.pinned_ms = Some(ms_since(t0));
+    change.total_ms = ms_since(t0);
+    if queue_pairs != rec.spec.nic.queue_pairs {
+        change.notes.push(format!(
+            "the {} tier gives {queue_pairs} queue pair(s); the synthetic path keeps its {} until the VM is launched again",
+            tier_name(tier),
+            rec.spec.nic.queue_pairs
+        ));
+    }
+    let vf = taken_vf.clone();
+    let sel = vf_select.clone();
+    store.update(name, |r| {
+        r.direct = DirectState::Attached;
+        r.spec.direct = Some(path.clone());
+        r.vf = vf.clone();
+        r.vf_select = sel.clone();
+        r.steering = Some(steering.clone());
+        r.performance = Some(tier);
+        Ok(())
+    })?;
+    Ok(change)
+}
+
+/// `accelnet vm set`.
+pub(super) fn set(store: &VmStore, paths: &Paths, a: &SetArgs) -> anyhow::Result<()> {
+    let tier: Tier = a.performance.into();
+    let mut failed = Vec::new();
+    for name in &a.names {
+        let res = (|| -> anyhow::Result<String> {
+            let rec = store.get(name)?;
+            if rec.direct == DirectState::None {
+                bail!(
+                    "VM {name} is not accelerated: enable it first (accelnet vm enable {name} --performance ...)"
+                );
+            }
+            let qp = check_tier(paths, &rec, tier)?;
+            store.update(name, |r| {
+                r.performance = Some(tier);
+                Ok(())
+            })?;
+            let mut s = format!(
+                "VM {name}: performance {}, {qp} queue pair(s)\n",
+                tier_name(tier)
+            );
+            if qp != rec.spec.nic.queue_pairs {
+                s.push_str(&format!(
+                    "  note: the synthetic path keeps its {} queue pair(s) until the VM is launched again; \
+                     the guest sets the VF's with ethtool -L\n",
+                    rec.spec.nic.queue_pairs
+                ));
+            }
+            Ok(s)
+        })();
+        match res {
+            Ok(s) => print(&s)?,
+            Err(e) => {
+                eprintln!("accelnet: VM {name}: {e:#}");
+                failed.push(name.as_str());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("could not set {}", failed.join(", "))
+    }
+}
+
+/// `low`, `medium`, `high`: as the CLI spells tiers.
+fn tier_name(t: Tier) -> String {
+    format!("{t:?}").to_lowercase()
+}

@@ -251,15 +251,32 @@ impl Steering {
                     }
                     Route::Both => {
                         write_flag(&flood, true)?;
-                        // The entry is on one of the two ports (or none).
-                        for port in [vf_port, pf_port] {
-                            nl.bridge_fdb_remove(port, *mac)?;
-                        }
-                        Ok(())
+                        self.clear(nl)
                     }
                 }
             }
         }
+    }
+
+    /// Takes the VM's MAC out of the lab bridge's FDB (the entry is on one of the
+    /// two ports, or none); nothing on a NIC, whose VF the pool resets. Both ports
+    /// are tried; the first error is returned.
+    pub fn clear(&self, nl: &Netlink) -> Result<(), SteerError> {
+        let mut first = None;
+        if let Steering::Bridge {
+            vf_port,
+            pf_port,
+            mac,
+            ..
+        } = self
+        {
+            for port in [vf_port, pf_port] {
+                if let Err(e) = nl.bridge_fdb_remove(port, *mac) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Frames the guest has sent over the direct path so far, where the host can

@@ -18,7 +18,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use sriov::mac::MacAddr;
 use sriov::netlink::VfChange;
-use sriov::pool::{Owner, Select, VfPool};
+use sriov::pool::{Owner, PoolVf, Select, VfPool};
 use sriov::sysfs::SysfsRoot;
 use sriov::tiers::{self, Tier};
 use vmm_plugin::ch::{ChOptions, ChVm};
@@ -114,6 +114,15 @@ impl From<VmmArg> for VmmKind {
 enum ModelArg {
     E1000e,
     Igb,
+}
+
+impl From<ModelArg> for StandinModel {
+    fn from(m: ModelArg) -> StandinModel {
+        match m {
+            ModelArg::E1000e => StandinModel::E1000e,
+            ModelArg::Igb => StandinModel::Igb,
+        }
+    }
 }
 
 /// Arguments of `accelnet vm launch`.
@@ -275,6 +284,46 @@ fn host_ht(root: &Path) -> bool {
         .is_ok_and(|s| s.trim() == "1")
 }
 
+/// The node and vCPU checks of `tier` for VM `name` with `vcpus`; its queue pairs.
+fn tier_queue_pairs(paths: &Paths, name: &str, vcpus: u32, tier: Tier) -> anyhow::Result<u16> {
+    let ht = host_ht(&paths.sysfs_root);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    tiers::check_node_cpus(tier, name, cpus, ht).map_err(anyhow::Error::new)?;
+    tiers::queue_pairs(tier, vcpus, ht, None)
+        .map_err(|e| anyhow::anyhow!("{e} (VM {name}: {vcpus} vCPUs)"))
+}
+
+/// A VF for VM `vm` from the pool (synced with the host first): `want` is a PCI
+/// address or `auto`. It gets the VM's MAC and spoof checking, and is bound to
+/// vfio-pci before the pool commits it.
+fn allocate_vf(
+    paths: &Paths,
+    root: &SysfsRoot,
+    vm: &str,
+    want: &str,
+    mac: MacAddr,
+) -> anyhow::Result<PoolVf> {
+    let pool = open_pool(paths)?;
+    pool.sync(&crate::sriov_cmd::discover_host(
+        &crate::sriov_cmd::RootArgRef {
+            root,
+            real: paths.sysfs_root == Path::new("/"),
+        },
+    )?)?;
+    let select = Select {
+        vf: (want != "auto").then(|| want.to_string()),
+        ..Select::default()
+    };
+    Ok(pool.allocate(&Owner::vm(vm), &select, |vf| {
+        let change = VfChange {
+            mac: Some(mac),
+            spoof_check: Some(true),
+            ..VfChange::default()
+        };
+        configure_vf(root, vf, &change, true)
+    })?)
+}
+
 /// Runs `accelnet vm ...`.
 pub fn run(args: VmArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -423,13 +472,7 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
         (None, false) => None,
     };
     let queue_pairs = match tier {
-        Some(t) => {
-            let ht = host_ht(&paths.sysfs_root);
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-            tiers::check_node_cpus(t, &a.name, cpus, ht).map_err(anyhow::Error::new)?;
-            tiers::queue_pairs(t, a.vcpus, ht, None)
-                .map_err(|e| anyhow::anyhow!("{e} (VM {}: {} vCPUs)", a.name, a.vcpus))?
-        }
+        Some(t) => tier_queue_pairs(paths, &a.name, a.vcpus, t)?,
         None => a.queues,
     };
     let mac = a.mac.unwrap_or_else(|| mac_for(&a.name));
@@ -445,10 +488,7 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
             }
             Some(DirectPath::Standin {
                 tap: tap.clone(),
-                model: match a.standin_model {
-                    ModelArg::E1000e => StandinModel::E1000e,
-                    ModelArg::Igb => StandinModel::Igb,
-                },
+                model: a.standin_model.into(),
             })
         }
         // The VF's address is known after the pool gives it.
@@ -578,25 +618,7 @@ async fn launch_steps(
     // 2. The direct path: a VF from the pool, with the VM's MAC, on vfio-pci.
     let mut allocated = None;
     if let Some(want) = &a.vf {
-        let pool = open_pool(paths)?;
-        pool.sync(&crate::sriov_cmd::discover_host(
-            &crate::sriov_cmd::RootArgRef {
-                root,
-                real: paths.sysfs_root == Path::new("/"),
-            },
-        )?)?;
-        let select = Select {
-            vf: (want != "auto").then(|| want.clone()),
-            ..Select::default()
-        };
-        let vf = pool.allocate(&Owner::vm(&rec.spec.name), &select, |vf| {
-            let change = VfChange {
-                mac: Some(mac),
-                spoof_check: Some(true),
-                ..VfChange::default()
-            };
-            configure_vf(root, vf, &change, true)
-        })?;
+        let vf = allocate_vf(paths, root, &rec.spec.name, want, mac)?;
         undo.vf = Some(vf.vf.clone());
         rec.vf = Some(vf.vf.clone());
         allocated = Some(vf.clone());

@@ -25,18 +25,19 @@ use clap::Args;
 use serde::Serialize;
 use sriov::errors::{ErrorId, SeedError};
 use sriov::mac::MacAddr;
-use sriov::netlink::{Netlink, VfChange};
-use sriov::pool::{Owner, PoolVf, Select};
-use sriov::steer::{Route, Steering};
+use sriov::netlink::Netlink;
+use sriov::pool::PoolVf;
+use sriov::steer::{Route, SteerError, Steering};
 use sriov::sysfs::SysfsRoot;
-use sriov::tiers::{self, Tier};
-use vmm_plugin::{DirectPath, StandinModel, Vmm, VmmError, VmmKind};
+use sriov::tiers::Tier;
+use vmm_plugin::{DirectPath, Vmm, VmmError, VmmKind};
 use vswitch::api::PortKind;
 use vswitch::{Request, Response};
 
 use super::store::{DirectState, Phase, VmRecord, VmStore};
-use super::{host_ht, open_pool, switch_request, vmm_for, ModelArg, Paths, TierArg};
-use crate::pool_cmd::configure_vf;
+use super::{
+    allocate_vf, open_pool, switch_request, tier_queue_pairs, vmm_for, ModelArg, Paths, TierArg,
+};
 use crate::sriov_cmd::{json, print};
 
 /// `/sys/class/net` of the network namespace accelnet runs in.
@@ -290,39 +291,14 @@ pub(super) fn route(steering: Option<&Steering>, to: Route) -> anyhow::Result<()
 /// Takes the lab bridge's entry for the VM away (a stopped VM's MAC must not stay
 /// pinned); nothing on a NIC, whose VF the pool resets.
 pub(super) fn unsteer(steering: Option<&Steering>) {
-    if let Some(Steering::Bridge {
-        vf_port,
-        pf_port,
-        mac,
-        ..
-    }) = steering
-    {
-        match Netlink::open() {
-            Ok(nl) => {
-                for p in [vf_port, pf_port] {
-                    if let Err(e) = nl.bridge_fdb_remove(p, *mac) {
-                        log::warn!("cannot remove {mac} from bridge port {p}: {e}");
-                    }
-                }
-            }
-            Err(e) => log::warn!("cannot open rtnetlink to remove {mac}: {e}"),
+    if let Some(s) = steering {
+        if let Err(e) = Netlink::open()
+            .map_err(SteerError::from)
+            .and_then(|nl| s.clear(&nl))
+        {
+            log::warn!("cannot take {} out of the embedded switch: {e}", s.mac());
         }
     }
-}
-
-/// The vCPU checks of `tier` for `rec`; its queue pairs.
-fn check_tier(paths: &Paths, rec: &VmRecord, tier: Tier) -> anyhow::Result<u16> {
-    let ht = host_ht(&paths.sysfs_root);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    tiers::check_node_cpus(tier, rec.name(), cpus, ht).map_err(anyhow::Error::new)?;
-    tiers::queue_pairs(tier, rec.spec.vcpus, ht, None).map_err(|e| {
-        anyhow::anyhow!(
-            "{e} (VM {}: {} vCPUs; {})",
-            rec.name(),
-            rec.spec.vcpus,
-            SeedError::new(ErrorId::VmNotEnoughVcpus, rec.name())
-        )
-    })
 }
 
 /// A running VM's record and its VMM.
@@ -350,32 +326,61 @@ fn seed(e: VmmError) -> anyhow::Error {
     }
 }
 
-/// `accelnet vm disable`.
-pub(super) async fn disable(store: &VmStore, paths: &Paths, a: &DisableArgs) -> anyhow::Result<()> {
-    let mut failed = Vec::new();
-    let mut done = Vec::new();
-    for name in &a.names {
-        match disable_one(store, paths, name, Duration::from_secs(a.timeout)).await {
+/// The path changes of one `vm enable|disable` over several VMs: each printed as
+/// it ends (or all as one JSON array at the end), failures named, exit 1 if any.
+struct Outcomes {
+    verb: &'static str,
+    json: bool,
+    done: Vec<PathChange>,
+    failed: Vec<String>,
+}
+
+impl Outcomes {
+    fn new(verb: &'static str, json: bool) -> Outcomes {
+        Outcomes {
+            verb,
+            json,
+            done: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, name: &str, res: anyhow::Result<PathChange>) -> anyhow::Result<()> {
+        match res {
             Ok(c) => {
-                if !a.json {
+                if !self.json {
                     print(&c.human())?;
                 }
-                done.push(c);
+                self.done.push(c);
             }
             Err(e) => {
                 eprintln!("accelnet: VM {name}: {e:#}");
-                failed.push(name.as_str());
+                self.failed.push(name.to_string());
             }
         }
-    }
-    if a.json {
-        print(&json(&done)?)?;
-    }
-    if failed.is_empty() {
         Ok(())
-    } else {
-        bail!("could not disable {}", failed.join(", "))
     }
+
+    fn finish(self) -> anyhow::Result<()> {
+        if self.json {
+            print(&json(&self.done)?)?;
+        }
+        if self.failed.is_empty() {
+            Ok(())
+        } else {
+            bail!("could not {} {}", self.verb, self.failed.join(", "))
+        }
+    }
+}
+
+/// `accelnet vm disable`.
+pub(super) async fn disable(store: &VmStore, paths: &Paths, a: &DisableArgs) -> anyhow::Result<()> {
+    let mut out = Outcomes::new("disable", a.json);
+    for name in &a.names {
+        let res = disable_one(store, paths, name, Duration::from_secs(a.timeout)).await;
+        out.add(name, res)?;
+    }
+    out.finish()
 }
 
 async fn disable_one(
@@ -407,16 +412,13 @@ async fn disable_one(
     }
     change.both_ms = Some(ms_since(t0));
     // 3. Unplug; the guest acknowledges with DEVICE_DELETED.
-    let unplugged = vmm.detach_direct(timeout).await;
-    if unplugged.is_err() {
-        // Whatever happens next, the standby gets its frames again.
-        hold(&rec, false, timeout);
-    }
-    if let Err(e) = unplugged {
+    if let Err(e) = vmm.detach_direct(timeout).await {
         let still = vmm.status().await.map(|s| s.direct_attached);
         return match still {
             Ok(true) => {
-                // The guest still has its primary: keep the MAC there.
+                // The guest still has its primary: keep the MAC there, and the
+                // standby gets its frames again.
+                hold(&rec, false, timeout);
                 route(steering, Route::Direct)?;
                 Err(anyhow::Error::new(e).context(format!(
                     "the direct path could not be removed; VM {name} stays on it"
@@ -431,6 +433,7 @@ async fn disable_one(
             }
             Err(e2) => {
                 // The VMM is gone or unreachable: nothing carries the VM any more.
+                hold(&rec, false, timeout);
                 route(steering, Route::Synthetic).ok();
                 Err(anyhow::Error::new(e).context(format!(
                     "unplugging failed and the VMM does not answer ({e2})"
@@ -495,30 +498,12 @@ async fn finish_disable(
 
 /// `accelnet vm enable`.
 pub(super) async fn enable(store: &VmStore, paths: &Paths, a: &EnableArgs) -> anyhow::Result<()> {
-    let mut failed = Vec::new();
-    let mut done = Vec::new();
+    let mut out = Outcomes::new("enable", a.json);
     for name in &a.names {
-        match enable_one(store, paths, name, a).await {
-            Ok(c) => {
-                if !a.json {
-                    print(&c.human())?;
-                }
-                done.push(c);
-            }
-            Err(e) => {
-                eprintln!("accelnet: VM {name}: {e:#}");
-                failed.push(name.as_str());
-            }
-        }
+        let res = enable_one(store, paths, name, a).await;
+        out.add(name, res)?;
     }
-    if a.json {
-        print(&json(&done)?)?;
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        bail!("could not enable {}", failed.join(", "))
-    }
+    out.finish()
 }
 
 async fn enable_one(
@@ -541,17 +526,11 @@ async fn enable_one(
         }
         return Ok(PathChange::new(name, "enable", rec.direct));
     }
-    let queue_pairs = check_tier(paths, &rec, tier)?;
+    let queue_pairs = tier_queue_pairs(paths, name, rec.spec.vcpus, tier)?;
     let mac: MacAddr = rec.spec.nic.mac.parse()?;
     // Which direct path: the arguments', else the one the VM had.
     let standin = match (&a.vf_standin, &a.vf) {
-        (Some(tap), _) => Some((
-            tap.clone(),
-            match a.standin_model {
-                ModelArg::E1000e => StandinModel::E1000e,
-                ModelArg::Igb => StandinModel::Igb,
-            },
-        )),
+        (Some(tap), _) => Some((tap.clone(), a.standin_model.into())),
         (None, Some(_)) => None,
         (None, None) => match &rec.spec.direct {
             Some(DirectPath::Standin { tap, model }) => Some((tap.clone(), *model)),
@@ -587,27 +566,7 @@ async fn enable_one(
         }
         (None, Some(want)) => {
             let root = SysfsRoot::new(&paths.sysfs_root);
-            let pool = open_pool(paths)?;
-            pool.sync(&crate::sriov_cmd::discover_host(
-                &crate::sriov_cmd::RootArgRef {
-                    root: &root,
-                    real: paths.sysfs_root == Path::new("/"),
-                },
-            )?)?;
-            let select = Select {
-                vf: (want != "auto").then(|| want.clone()),
-                ..Select::default()
-            };
-            let vf = pool
-                .allocate(&Owner::vm(name), &select, |vf| {
-                    let change = VfChange {
-                        mac: Some(mac),
-                        spoof_check: Some(true),
-                        ..VfChange::default()
-                    };
-                    configure_vf(&root, vf, &change, true)
-                })
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let vf = allocate_vf(paths, &root, name, want, mac)?;
             taken_vf = Some(vf.vf.clone());
             let s = vf_steering(&vf, mac)?;
             (DirectPath::Vf { pci: vf.vf.clone() }, s)
@@ -710,7 +669,7 @@ pub(super) fn set(store: &VmStore, paths: &Paths, a: &SetArgs) -> anyhow::Result
                     "VM {name} is not accelerated: enable it first (accelnet vm enable {name} --performance ...)"
                 );
             }
-            let qp = check_tier(paths, &rec, tier)?;
+            let qp = tier_queue_pairs(paths, name, rec.spec.vcpus, tier)?;
             store.update(name, |r| {
                 r.performance = Some(tier);
                 Ok(())

@@ -87,6 +87,13 @@ pub struct VirtFunction {
     pub numa_node: Option<u32>,
     /// Whether the VF has an RDMA device (a non-empty `infiniband/` directory).
     pub rdma: bool,
+    /// How many queue pairs the VF's hardware offers, when known: the VF netdev's
+    /// `queues/rx-*`/`tx-*` (fewer of the two) while a host driver holds it,
+    /// otherwise its MSI-X table size less the one vector VF drivers keep for the
+    /// PF mailbox (an upper bound: one vector per queue pair). `None` when
+    /// neither can be read (e.g. config space read without root).
+    #[serde(default)]
+    pub queue_pairs: Option<u16>,
     /// Settings the PF driver holds for this VF; every field `None` when unknown.
     pub info: VfInfo,
 }

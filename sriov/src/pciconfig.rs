@@ -1,4 +1,4 @@
-//! PCI configuration space parsing (capabilities: SR-IOV, ACS, PCIe).
+//! PCI configuration space parsing (capabilities: SR-IOV, ACS, PCIe, MSI-X).
 //!
 //! [`PciConfig::parse`] reads the bytes of a device's sysfs `config` file. The kernel
 //! gives root the whole space (4096 bytes for PCI Express devices, 256 for
@@ -14,6 +14,8 @@ use serde::Serialize;
 
 /// Standard capability id of the PCI Express capability.
 pub const CAP_ID_PCIE: u8 = 0x10;
+/// Standard capability id of MSI-X.
+pub const CAP_ID_MSIX: u8 = 0x11;
 /// Extended capability id of Access Control Services.
 pub const EXT_CAP_ID_ACS: u16 = 0x000d;
 /// Extended capability id of Single Root I/O Virtualization.
@@ -128,6 +130,18 @@ pub struct PcieCap {
     pub port_type: PciePortType,
 }
 
+/// The MSI-X capability: how many interrupt vectors the function can have.
+///
+/// A VF's queue pairs each need a vector, so the table size bounds them whatever
+/// driver the VF is bound to (`vfio-pci` included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MsixCap {
+    /// Offset of the capability.
+    pub offset: u16,
+    /// Number of MSI-X table entries (Message Control bits 10:0, plus one).
+    pub table_size: u16,
+}
+
 /// The SR-IOV extended capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SriovCap {
@@ -239,6 +253,8 @@ pub struct PciConfig {
     pub capabilities: Option<Vec<CapEntry>>,
     /// The PCI Express capability, if found.
     pub pcie: Option<PcieCap>,
+    /// The MSI-X capability, if found.
+    pub msix: Option<MsixCap>,
     /// Extended capabilities; `None` when unknown (a buffer of 256 bytes or less,
     /// e.g. read by a non-root user).
     pub extended: Option<Vec<CapEntry>>,
@@ -292,6 +308,7 @@ impl PciConfig {
             bridge_buses,
             capabilities: None,
             pcie: None,
+            msix: None,
             extended: None,
             sriov: None,
             acs: None,
@@ -308,6 +325,16 @@ impl PciConfig {
                         version: (reg & 0xf) as u8,
                         port_type: PciePortType::from_bits(((reg >> 4) & 0xf) as u8),
                     }
+                });
+            cfg.msix = caps
+                .iter()
+                .find(|c| c.id == u16::from(CAP_ID_MSIX))
+                .and_then(|c| {
+                    let control = u16_at(b, usize::from(c.offset) + 2)?;
+                    Some(MsixCap {
+                        offset: c.offset,
+                        table_size: (control & 0x7ff) + 1,
+                    })
                 });
             cfg.capabilities = Some(caps);
         }
@@ -505,6 +532,33 @@ mod tests {
         assert_eq!(acs.disabled_required(), ACS_RR | ACS_CR);
         assert_eq!(acs_bits_names(acs.missing_required()), "UF");
         assert_eq!(cfg.sriov, None);
+    }
+
+    #[test]
+    fn test_msix_table_size_after_pcie_cap() {
+        let bytes = ConfigBuilder::endpoint(0x8086, 0x1889)
+            .pcie(PciePortType::Endpoint)
+            .msix(5)
+            .build();
+        let cfg = PciConfig::parse(&bytes).expect("parses");
+        let msix = cfg.msix.expect("MSI-X cap");
+        assert_eq!(msix.table_size, 5);
+        assert!(msix.offset > 0x40, "after the PCIe cap: {:#x}", msix.offset);
+        // The largest table the 11-bit field can say.
+        let big = ConfigBuilder::endpoint(0x15b3, 0x101e).msix(2048).build();
+        assert_eq!(
+            PciConfig::parse(&big)
+                .expect("parses")
+                .msix
+                .map(|m| m.table_size),
+            Some(2048)
+        );
+        // Without the capability, or with only the 64-byte header readable: unknown.
+        let none = ConfigBuilder::endpoint(0x8086, 0x1889)
+            .pcie(PciePortType::Endpoint)
+            .build();
+        assert_eq!(PciConfig::parse(&none).expect("parses").msix, None);
+        assert_eq!(PciConfig::parse(&bytes[..64]).expect("parses").msix, None);
     }
 
     #[test]

@@ -67,6 +67,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::errors::{ErrorId, SeedError};
 use crate::host::Host;
+use crate::tiers::Tier;
 
 /// The production state directory.
 pub const DEFAULT_DIR: &str = "/var/lib/accelnet/pool";
@@ -97,6 +98,10 @@ pub struct PoolVf {
     /// Whether the VF has an RDMA device.
     #[serde(default)]
     pub rdma: bool,
+    /// Queue pairs its hardware offers, when known
+    /// ([`crate::host::VirtFunction::queue_pairs`]).
+    #[serde(default)]
+    pub queue_pairs: Option<u16>,
 }
 
 impl PoolVf {
@@ -110,6 +115,7 @@ impl PoolVf {
                 index: vf.index,
                 numa: vf.numa_node.or(pf.numa_node),
                 rdma: vf.rdma,
+                queue_pairs: vf.queue_pairs,
             })
             .collect()
     }
@@ -279,6 +285,10 @@ pub struct Select {
     pub numa: Option<u32>,
     /// Only VFs with an RDMA device.
     pub rdma: bool,
+    /// Only VFs that can carry this tier: at least [`Tier::min_queue_pairs`]
+    /// queue pairs (a VF whose count is unknown is taken at its word).
+    #[serde(default)]
+    pub performance: Option<Tier>,
 }
 
 impl Select {
@@ -297,7 +307,30 @@ impl Select {
         if self.rdma && !vf.rdma {
             return Some("it has no RDMA device".to_string());
         }
-        None
+        self.too_few_queues(vf)
+    }
+
+    /// Why `vf` cannot carry [`Select::performance`], if it cannot.
+    fn too_few_queues(&self, vf: &PoolVf) -> Option<String> {
+        let tier = self.performance?;
+        let has = vf.queue_pairs?;
+        (has < tier.min_queue_pairs()).then(|| {
+            format!(
+                "it has {has} hardware queue pair(s), {tier} performance needs {}",
+                tier.min_queue_pairs()
+            )
+        })
+    }
+
+    /// The catalogue error when the VFs that fit everything else are all too
+    /// small for the tier (`cannot_provision_performance`), not too few.
+    fn performance_seed(&self) -> Option<SeedError> {
+        self.performance.map(|tier| {
+            SeedError::new(
+                ErrorId::CannotProvisionPerformance,
+                format_args!("{tier} performance"),
+            )
+        })
     }
 }
 
@@ -315,6 +348,12 @@ impl fmt::Display for Select {
         }
         if self.rdma {
             parts.push("rdma".to_string());
+        }
+        if let Some(tier) = self.performance {
+            parts.push(format!(
+                "{} queue pair(s) for {tier} performance",
+                tier.min_queue_pairs()
+            ));
         }
         if parts.is_empty() {
             f.write_str("any VF")
@@ -458,6 +497,16 @@ pub enum PoolError {
         /// Why.
         reason: String,
     },
+    /// The requested VF has fewer queue pairs than the tier needs.
+    #[error("{seed} (VF {vf}: {reason})")]
+    TooFewQueues {
+        /// PCI address of the VF.
+        vf: String,
+        /// Why.
+        reason: String,
+        /// The catalogue error ([`ErrorId::CannotProvisionPerformance`]).
+        seed: SeedError,
+    },
     /// No free VF matches.
     #[error("{seed} (no free VF matching {want})")]
     NoFreeVf {
@@ -465,7 +514,9 @@ pub enum PoolError {
         vm: String,
         /// What it asked for.
         want: String,
-        /// The catalogue error ([`ErrorId::ClusterNotEnoughResources`]).
+        /// The catalogue error: [`ErrorId::ClusterNotEnoughResources`], or
+        /// [`ErrorId::CannotProvisionPerformance`] when free VFs fit everything
+        /// but the tier's queue pairs.
         seed: SeedError,
     },
     /// The VF is not held by the VM that the caller named.
@@ -504,7 +555,7 @@ impl PoolError {
     /// The catalogue error for errors that have one ([`PoolError::NoFreeVf`]).
     pub fn seed_error(&self) -> Option<&SeedError> {
         match self {
-            PoolError::NoFreeVf { seed, .. } => Some(seed),
+            PoolError::NoFreeVf { seed, .. } | PoolError::TooFewQueues { seed, .. } => Some(seed),
             _ => None,
         }
     }
@@ -629,7 +680,12 @@ impl VfPool {
                         entry.missing = false;
                         report.returned.push(found.vf.clone());
                     }
-                    entry.vf = found.clone();
+                    // A VF on vfio-pci may no longer show what its host driver did.
+                    let queue_pairs = found.queue_pairs.or(entry.vf.queue_pairs);
+                    entry.vf = PoolVf {
+                        queue_pairs,
+                        ..found.clone()
+                    };
                 }
                 None => {
                     report.added.push(found.vf.clone());
@@ -686,6 +742,15 @@ impl VfPool {
                     .ok_or_else(|| PoolError::UnknownVf { vf: addr.clone() })?;
                 check_available(entry)?;
                 if let Some(reason) = want.mismatch(&entry.vf) {
+                    if let (Some(seed), Some(_)) =
+                        (want.performance_seed(), want.too_few_queues(&entry.vf))
+                    {
+                        return Err(PoolError::TooFewQueues {
+                            vf: addr.clone(),
+                            reason,
+                            seed,
+                        });
+                    }
                     return Err(PoolError::Mismatch {
                         vf: addr.clone(),
                         reason,
@@ -698,10 +763,27 @@ impl VfPool {
                 .filter(|e| e.is_free() && want.mismatch(&e.vf).is_none())
                 .min_by(|a, b| (&a.vf.pf, a.vf.index).cmp(&(&b.vf.pf, b.vf.index)))
                 .map(|e| e.vf.vf.clone())
-                .ok_or_else(|| PoolError::NoFreeVf {
-                    vm: owner.vm.clone(),
-                    want: want.to_string(),
-                    seed: SeedError::new(ErrorId::ClusterNotEnoughResources, &owner.vm),
+                .ok_or_else(|| {
+                    // Free VFs that fit all but the tier: the hardware is too small.
+                    let any_tier = Select {
+                        performance: None,
+                        ..want.clone()
+                    };
+                    let seed = match want.performance_seed() {
+                        Some(seed)
+                            if records
+                                .values()
+                                .any(|e| e.is_free() && any_tier.mismatch(&e.vf).is_none()) =>
+                        {
+                            seed
+                        }
+                        _ => SeedError::new(ErrorId::ClusterNotEnoughResources, &owner.vm),
+                    };
+                    PoolError::NoFreeVf {
+                        vm: owner.vm.clone(),
+                        want: want.to_string(),
+                        seed,
+                    }
                 })?,
         };
         let entry = records
@@ -1301,6 +1383,7 @@ mod tests {
                 index: 0,
                 numa: Some(0),
                 rdma: false,
+                queue_pairs: None,
             },
             missing: false,
             state: VfState::Reserved {
@@ -1367,6 +1450,88 @@ mod tests {
         assert!(text.contains("cluster_not_enough_resources"), "{text}");
         assert!(text.contains("VM vm3"), "{text}");
         assert!(text.contains("any VF"), "{text}");
+    }
+
+    #[test]
+    fn test_performance_needs_the_tiers_queue_pairs() {
+        let dir = TestDir::new("unit");
+        let reset = Arc::new(RecordingReset::default());
+        let pool = open(&dir, &reset);
+        let vf = |i: u32, queue_pairs: Option<u16>| PoolVf {
+            vf: vf_addr(0, i),
+            pf: "0000:3b:00.0".to_string(),
+            pf_netdev: Some("pf0".to_string()),
+            index: i,
+            numa: None,
+            rdma: false,
+            queue_pairs,
+        };
+        pool.sync_vfs(&[vf(0, Some(1)), vf(1, Some(4)), vf(2, None)])
+            .expect("sync");
+        let medium = Select {
+            performance: Some(Tier::Medium),
+            ..Select::default()
+        };
+        // Auto skips the one-queue VF.
+        let got = pool.reserve(&Owner::vm("vm1"), &medium).expect("medium");
+        assert_eq!(got.vf, vf_addr(0, 1));
+        // Named, it is refused with the catalogue error and the reason.
+        let named = Select {
+            vf: Some(vf_addr(0, 0)),
+            ..medium.clone()
+        };
+        let err = pool
+            .reserve(&Owner::vm("vm2"), &named)
+            .expect_err("too small");
+        assert!(matches!(err, PoolError::TooFewQueues { .. }), "{err}");
+        assert_eq!(
+            err.seed_error().map(|s| s.id),
+            Some(ErrorId::CannotProvisionPerformance)
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot_provision_performance")
+                && text.contains("1 hardware queue pair(s), Medium performance needs 2"),
+            "{text}"
+        );
+        assert!(matches!(state_of(&pool, &vf_addr(0, 0)), VfState::Free));
+        // A count nobody could read is taken at its word.
+        let unknown = pool
+            .reserve(&Owner::vm("vm3"), &medium)
+            .expect("unknown count");
+        assert_eq!(unknown.vf, vf_addr(0, 2));
+        // Only the small VF is left: the hardware, not the cluster, is short.
+        let err = pool
+            .reserve(&Owner::vm("vm4"), &medium)
+            .expect_err("none fits");
+        assert_eq!(
+            err.seed_error().map(|s| s.id),
+            Some(ErrorId::CannotProvisionPerformance),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("2 queue pair(s) for Medium performance"),
+            "{err}"
+        );
+        // Low fits any VF; with none free it is the cluster that is short.
+        let low = Select {
+            performance: Some(Tier::Low),
+            ..Select::default()
+        };
+        pool.reserve(&Owner::vm("vm4"), &low).expect("low");
+        let err = pool
+            .reserve(&Owner::vm("vm5"), &low)
+            .expect_err("exhausted");
+        assert_eq!(
+            err.seed_error().map(|s| s.id),
+            Some(ErrorId::ClusterNotEnoughResources)
+        );
+        // A later sync that cannot read the count (vfio-pci, no root) keeps it.
+        pool.sync_vfs(&[vf(0, None), vf(1, Some(4)), vf(2, None)])
+            .expect("resync");
+        let kept = pool.list().expect("list");
+        assert_eq!(kept[0].vf.queue_pairs, Some(1));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::host::{Host, NoVfInfo, PhysFunction, VfInfoSource, VirtFunction};
+use crate::pciconfig::PciConfig;
 
 /// Why discovery failed.
 #[derive(Debug, thiserror::Error)]
@@ -198,12 +199,14 @@ fn read_vf(index: u32, link: &Path, devices: &Path) -> Result<VirtFunction, Srio
     let driver_override = read_opt(&override_path)?.filter(|s| !s.is_empty() && s != "(null)");
     let ib = dev.join("infiniband");
     let rdma = exists(&ib)? && !dir_names(&ib)?.is_empty();
+    let netdev = netdevs(dev)?.into_iter().next();
     Ok(VirtFunction {
+        queue_pairs: vf_queue_pairs(dev, netdev.as_deref()),
         address,
         index,
         vendor_id: read_hex_u16(&dev.join("vendor"))?,
         device_id: read_hex_u16(&dev.join("device"))?,
-        netdev: netdevs(dev)?.into_iter().next(),
+        netdev,
         driver: link_name(&dev.join("driver"))?,
         driver_override,
         iommu_group: iommu_group(dev)?,
@@ -211,6 +214,21 @@ fn read_vf(index: u32, link: &Path, devices: &Path) -> Result<VirtFunction, Srio
         rdma,
         info: Default::default(),
     })
+}
+
+/// The queue pairs of the VF at `dev` (see [`VirtFunction::queue_pairs`]).
+fn vf_queue_pairs(dev: &Path, netdev: Option<&str>) -> Option<u16> {
+    if let Some(n) = netdev {
+        let names = dir_names(&dev.join("net").join(n).join("queues")).unwrap_or_default();
+        let count = |prefix: &str| names.iter().filter(|q| q.starts_with(prefix)).count();
+        let pairs = count("rx-").min(count("tx-"));
+        if pairs > 0 {
+            return Some(u16::try_from(pairs).unwrap_or(u16::MAX));
+        }
+    }
+    let config = fs::read(dev.join("config")).ok()?;
+    let msix = PciConfig::parse(&config).ok()?.msix?;
+    Some(msix.table_size.saturating_sub(1).max(1))
 }
 
 /// Network interface names under `<dev>/net`, sorted; empty when there is no `net`.
@@ -430,6 +448,43 @@ mod tests {
         let idx: Vec<u32> = pf1.vfs.iter().map(|v| v.index).collect();
         assert_eq!(idx, [0, 1]);
         assert_eq!(host.vfs().count(), 4);
+    }
+
+    #[test]
+    fn test_discover_vf_queue_pairs_from_netdev_queues_or_msix() {
+        let fake = FakeSysfs::new();
+        fake.add_pf(&PfSpec::new(PF0).netdev("enp59s0f0").total_vfs(8))
+            // Bound to its host driver: the netdev's queues count, not MSI-X.
+            .add_vf(
+                PF0,
+                &VfSpec::new(0, "0000:3b:10.0")
+                    .netdev("enp59s0f0v0")
+                    .queues(4)
+                    .msix(17),
+            )
+            // On vfio-pci: MSI-X vectors less the mailbox's.
+            .add_vf(PF0, &VfSpec::vfio(1, "0000:3b:10.2").msix(3))
+            .add_vf(PF0, &VfSpec::vfio(2, "0000:3b:10.4").msix(1))
+            // Nothing to read: unknown.
+            .add_vf(PF0, &VfSpec::vfio(3, "0000:3b:10.6"))
+            .add_vf(PF0, &VfSpec::new(4, "0000:3b:11.0").netdev("enp59s0f0v4"));
+
+        let host = discover(&fake.root()).expect("discovery succeeds");
+
+        let qp: Vec<(&str, Option<u16>)> = host
+            .vfs()
+            .map(|(_, vf)| (vf.address.as_str(), vf.queue_pairs))
+            .collect();
+        assert_eq!(
+            qp,
+            [
+                ("0000:3b:10.0", Some(4)),
+                ("0000:3b:10.2", Some(2)),
+                ("0000:3b:10.4", Some(1)),
+                ("0000:3b:10.6", None),
+                ("0000:3b:11.0", None),
+            ]
+        );
     }
 
     #[test]

@@ -284,6 +284,14 @@ impl ConfigBuilder {
         self.cap(0x10, &body)
     }
 
+    /// Adds the MSI-X capability with `table_size` vectors (1..=2048).
+    pub fn msix(self, table_size: u16) -> Self {
+        let control = table_size.clamp(1, 2048) - 1;
+        let mut body = [0u8; 10];
+        body[0..2].copy_from_slice(&control.to_le_bytes());
+        self.cap(0x11, &body)
+    }
+
     /// Adds extended capability `id` (version 1) with `body` after its header.
     pub fn ext_cap(mut self, id: u16, body: &[u8]) -> Self {
         let at = self.next_ext;
@@ -360,6 +368,8 @@ pub struct VfSpec {
     driver: Option<String>,
     driver_override: Option<String>,
     netdev: Option<String>,
+    queues: Option<u16>,
+    msix: Option<u16>,
     numa_node: i32,
     iommu_group: Option<u32>,
     rdma: Option<String>,
@@ -377,6 +387,8 @@ impl VfSpec {
             driver: Some("ixgbevf".to_string()),
             driver_override: None,
             netdev: None,
+            queues: None,
+            msix: None,
             numa_node: -1,
             iommu_group: None,
             rdma: None,
@@ -418,6 +430,19 @@ impl VfSpec {
     /// `numa_node` (-1: none).
     pub fn numa_node(mut self, node: i32) -> Self {
         self.numa_node = node;
+        self
+    }
+
+    /// Gives the VF's netdev `pairs` queue pairs (`queues/rx-N`, `queues/tx-N`).
+    pub fn queues(mut self, pairs: u16) -> Self {
+        self.queues = Some(pairs);
+        self
+    }
+
+    /// Writes the VF's config space with an MSI-X capability of `table_size`
+    /// vectors.
+    pub fn msix(mut self, table_size: u16) -> Self {
+        self.msix = Some(table_size);
         self
     }
 
@@ -695,6 +720,17 @@ impl FakeSysfs {
         );
         if let Some(n) = &vf.netdev {
             self.mkdir(&format!("{dev}/net/{n}"));
+            for q in 0..vf.queues.unwrap_or(0) {
+                self.mkdir(&format!("{dev}/net/{n}/queues/rx-{q}"));
+                self.mkdir(&format!("{dev}/net/{n}/queues/tx-{q}"));
+            }
+        }
+        if let Some(size) = vf.msix {
+            let config = ConfigBuilder::endpoint(vf.vendor, vf.device)
+                .pcie(PciePortType::Endpoint)
+                .msix(size)
+                .build();
+            fs::write(self.dir.join(&dev).join("config"), config).expect("fake config is writable");
         }
         if let Some(g) = vf.iommu_group {
             self.join_iommu_group(&vf.address, g);

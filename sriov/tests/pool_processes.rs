@@ -88,6 +88,7 @@ fn vfs(pfs: u32, per_pf: u32) -> Vec<PoolVf> {
                 index: i,
                 numa: Some(p),
                 rdma: false,
+                queue_pairs: None,
             })
         })
         .collect()

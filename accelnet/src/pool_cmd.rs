@@ -81,6 +81,9 @@ struct AllocArgs {
     /// Bind the VF to vfio-pci before it is handed over.
     #[arg(long)]
     vfio: bool,
+    /// Only a VF with the queue pairs this tier needs (low|medium|high).
+    #[arg(long)]
+    performance: Option<sriov::tiers::Tier>,
 }
 
 /// Arguments of `accelnet sriov pool release`.
@@ -258,6 +261,7 @@ fn alloc(pool: &VfPool, root: &SysfsRoot, a: &AllocArgs, as_json: bool) -> anyho
         vf: a.vf.clone(),
         numa: a.numa,
         rdma: a.rdma,
+        performance: a.performance,
     };
     // Configure between reserve and commit: a failure (or a crash) gives the VF back.
     let change = VfChange {
@@ -293,6 +297,7 @@ fn render(entries: &[PoolEntry]) -> String {
         ("VF", Align::Left),
         ("PF", Align::Left),
         ("INDEX", Align::Right),
+        ("QP", Align::Right),
         ("STATE", Align::Left),
         ("VM", Align::Left),
         ("PID", Align::Right),
@@ -309,6 +314,8 @@ fn render(entries: &[PoolEntry]) -> String {
             e.vf.vf.clone(),
             e.vf.pf_netdev.clone().unwrap_or_else(|| e.vf.pf.clone()),
             e.vf.index.to_string(),
+            e.vf.queue_pairs
+                .map_or_else(|| "-".to_string(), |q| q.to_string()),
             e.state.kind().to_string(),
             owner.map_or_else(|| "-".to_string(), |o| o.vm.clone()),
             owner

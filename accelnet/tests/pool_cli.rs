@@ -96,6 +96,25 @@ impl Node {
         stdout(&o)
     }
 
+    /// `accelnet vm ARGS` over this node's tree and pool, with the VM store and
+    /// run directory in the state directory.
+    fn vm(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_accelnet"))
+            .arg("vm")
+            .arg("--store")
+            .arg(self.state.0.join("vms.redb"))
+            .arg("--pool-dir")
+            .arg(&self.state.0)
+            .arg("--run-dir")
+            .arg(self.state.0.join("run"))
+            .arg("--sysfs-root")
+            .arg(self.fake.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("the accelnet binary runs")
+    }
+
     /// `list --json`, as (vf, state kind, owner vm, reason) tuples.
     fn list(&self) -> Vec<(String, String, Option<String>, Option<String>)> {
         let v: Value = serde_json::from_str(&self.ok(&["list", "--json"])).expect("list JSON");
@@ -150,12 +169,14 @@ impl Node {
     }
 }
 
-/// One PF (netdev [`PF0_NETDEV`], NUMA 0) with `n` VFs.
+/// One PF (netdev [`PF0_NETDEV`], NUMA 0) with `n` VFs; VF `i` has `i + 1`
+/// queue pairs (MSI-X table of `i + 2`).
 fn node(n: u32) -> Node {
     let fake = FakeSysfs::new();
     fake.add_pf(&PfSpec::new(PF0).netdev(PF0_NETDEV).numa_node(0));
     for i in 0..n {
-        fake.add_vf(PF0, &VfSpec::new(i, &vf0(i)).numa_node(0));
+        let msix = u16::try_from(i + 2).expect("few VFs");
+        fake.add_vf(PF0, &VfSpec::new(i, &vf0(i)).numa_node(0).msix(msix));
     }
     Node {
         fake,
@@ -236,6 +257,7 @@ fn sync_adds_every_vf_once() {
                 vf0(i as u32).as_str(),
                 PF0_NETDEV,
                 &i.to_string(),
+                &(i + 1).to_string(),
                 "free",
                 "-",
                 "-"
@@ -416,6 +438,51 @@ fn alloc_when_no_vf_is_free_is_cluster_not_enough_resources() {
 }
 
 #[test]
+fn alloc_for_a_tier_needs_its_queue_pairs() {
+    // VF 0 has 1 queue pair, VF 1 has 2: Medium needs 2, High needs 4.
+    let n = node(2);
+    n.ok(&["sync"]);
+
+    let named = n.pool(&[
+        "alloc",
+        "--vm",
+        "x",
+        "--vf",
+        &vf0(0),
+        "--performance",
+        "medium",
+    ]);
+    let high = n.pool(&["alloc", "--vm", "x", "--performance", "high"]);
+    let before = n.list();
+    let medium = n.pool(&["alloc", "--vm", "x", "--performance", "medium"]);
+
+    assert_eq!(named.status.code(), Some(1));
+    let err = stderr(&named);
+    assert!(
+        err.contains("cannot_provision_performance: ")
+            && err.contains("Medium performance")
+            && err.contains(&format!(
+                "VF {}: it has 1 hardware queue pair(s), Medium performance needs 2",
+                vf0(0)
+            )),
+        "{err}"
+    );
+    assert_eq!(high.status.code(), Some(1));
+    let err = stderr(&high);
+    assert!(
+        err.contains("cannot_provision_performance")
+            && err.contains("no free VF matching 4 queue pair(s) for High performance"),
+        "{err}"
+    );
+    assert!(
+        before.iter().all(|e| e.1 == "free"),
+        "refusals change nothing"
+    );
+    // Medium takes the VF with 2 (its allocation then fails on the fake tree's reset).
+    assert_eq!(picked(&medium, "x"), vf0(1), "{}", stderr(&medium));
+}
+
+#[test]
 fn alloc_filters_pick_the_matching_vf() {
     // Each allocation quarantines its VF (no kernel behind the fake tree), so each
     // filter gets a fresh pool; the VF picked is named in the error.
@@ -545,7 +612,7 @@ fn release_by_the_wrong_vm_changes_nothing() {
     let list = n.ok(&["list"]);
     let row = list.lines().find(|l| l.starts_with(&vf0(0))).expect("row");
     let f: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(f[3..5], ["allocated", "a"], "{list}");
+    assert_eq!(f[4..6], ["allocated", "a"], "{list}");
 }
 
 #[test]
@@ -721,4 +788,82 @@ fn concurrent_allocations_never_share_a_vf() {
             assert_eq!(e.2.as_deref(), Some(vm), "round {round}");
         }
     }
+}
+
+/// `accelnet vm launch NAME --vf PCI ...` whose VF the pool refuses: it fails
+/// before anything else is touched (the switch control socket does not even
+/// exist), records the VM failed with the reason, and leaves the pool as it was.
+fn launch_refused(n: &Node, vm: &str, extra: &[&str]) -> String {
+    let before = n.list();
+    let ctl = n.state.0.join("no-switch.ctl");
+    let mut args = vec![
+        "launch",
+        vm,
+        "--vcpus",
+        "2",
+        "--memory",
+        "256M",
+        "--switch-control",
+        ctl.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+
+    let o = n.vm(&args);
+
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "launch of VM {vm} failed; everything it set up was undone"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("cannot reach the switch"), "{err}");
+    assert_eq!(n.list(), before, "the pool is unchanged");
+    let list = n.vm(&["list", "--json"]);
+    assert_eq!(list.status.code(), Some(0), "{}", stderr(&list));
+    let v: Value = serde_json::from_str(&stdout(&list)).expect("vm list JSON");
+    let rec = v
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == vm))
+        .unwrap_or_else(|| panic!("{vm} not listed: {v}"));
+    assert_eq!(rec["phase"], "failed", "{rec}");
+    assert!(rec.get("vf").is_none(), "no VF recorded: {rec}");
+    err
+}
+
+#[test]
+fn vm_launch_with_a_vf_another_vm_owns_is_refused() {
+    let n = node(2);
+    n.ok(&["sync"]);
+    n.allocate_to(&vf0(0), "a", None, None);
+
+    let err = launch_refused(&n, "x", &["--vf", &vf0(0)]);
+
+    assert!(
+        err.contains(&format!("VF {} is allocated by VM a", vf0(0))),
+        "{err}"
+    );
+    assert_eq!(
+        n.state_of(&vf0(0)),
+        ("allocated".into(), Some("a".into()), None)
+    );
+}
+
+#[test]
+fn vm_launch_at_a_tier_its_vf_cannot_carry_is_cannot_provision_performance() {
+    // VF 0 has 1 hardware queue pair; Medium needs 2 (and 2 vCPUs, which the VM has).
+    let n = node(2);
+    n.ok(&["sync"]);
+
+    let err = launch_refused(&n, "m", &["--vf", &vf0(0), "--performance", "medium"]);
+
+    assert!(
+        err.contains("cannot_provision_performance: ")
+            && err.contains(&format!(
+                "VF {}: it has 1 hardware queue pair(s), Medium performance needs 2",
+                vf0(0)
+            )),
+        "{err}"
+    );
 }

@@ -401,6 +401,18 @@ fn qemu_igb_accelnet_sriov_end_to_end() {
             ));
         }
         groups.push(vf["iommu_group"].clone());
+        // Queue pairs: igbvf's netdev queues, as the kernel lists them.
+        let q = vm.sh(
+            "VF queues",
+            &format!("ls /sys/bus/pci/devices/{bdf}/net/*/queues | grep -c '^rx-'"),
+        );
+        if vf["queue_pairs"].as_u64() != q.trim().parse::<u64>().ok() {
+            vm.fail(&format!(
+                "VF {bdf}: accelnet says {} queue pair(s), the kernel lists {} rx queue(s)",
+                vf["queue_pairs"],
+                q.trim()
+            ));
+        }
         // rtnetlink's view, as iproute2 prints it.
         let line = vm.ip_vf(&pf_net, vf["index"].as_u64().unwrap_or(99));
         let mac = s(&vf["info"]["mac"]);

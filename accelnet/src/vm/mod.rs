@@ -284,23 +284,40 @@ fn host_ht(root: &Path) -> bool {
         .is_ok_and(|s| s.trim() == "1")
 }
 
-/// The node and vCPU checks of `tier` for VM `name` with `vcpus`; its queue pairs.
-fn tier_queue_pairs(paths: &Paths, name: &str, vcpus: u32, tier: Tier) -> anyhow::Result<u16> {
+/// The node and vCPU checks of `tier` for VM `name` with `vcpus`, and the VF's
+/// queue pairs `hw` when known; the VM's queue pairs.
+fn tier_queue_pairs(
+    paths: &Paths,
+    name: &str,
+    vcpus: u32,
+    tier: Tier,
+    hw: Option<u16>,
+) -> anyhow::Result<u16> {
     let ht = host_ht(&paths.sysfs_root);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     tiers::check_node_cpus(tier, name, cpus, ht).map_err(anyhow::Error::new)?;
-    tiers::queue_pairs(tier, vcpus, ht, None)
-        .map_err(|e| anyhow::anyhow!("{e} (VM {name}: {vcpus} vCPUs)"))
+    tiers::queue_pairs(tier, vcpus, ht, hw).map_err(|e| {
+        let vf = hw.map_or(String::new(), |q| format!(", its VF {q} queue pair(s)"));
+        anyhow::anyhow!("{e} (VM {name}: {vcpus} vCPUs{vf})")
+    })
+}
+
+/// The hardware queue pairs of pool VF `vf`, when the pool knows them.
+fn vf_queue_pairs(paths: &Paths, vf: &str) -> Option<u16> {
+    let pool = open_pool(paths).ok()?;
+    let listed = pool.list().ok()?;
+    listed.into_iter().find(|e| e.vf.vf == vf)?.vf.queue_pairs
 }
 
 /// A VF for VM `vm` from the pool (synced with the host first): `want` is a PCI
-/// address or `auto`. It gets the VM's MAC and spoof checking, and is bound to
-/// vfio-pci before the pool commits it.
+/// address or `auto`, with the queue pairs `performance` needs. It gets the VM's
+/// MAC and spoof checking, and is bound to vfio-pci before the pool commits it.
 fn allocate_vf(
     paths: &Paths,
     root: &SysfsRoot,
     vm: &str,
     want: &str,
+    performance: Option<Tier>,
     mac: MacAddr,
 ) -> anyhow::Result<PoolVf> {
     let pool = open_pool(paths)?;
@@ -312,6 +329,7 @@ fn allocate_vf(
     )?)?;
     let select = Select {
         vf: (want != "auto").then(|| want.to_string()),
+        performance,
         ..Select::default()
     };
     Ok(pool.allocate(&Owner::vm(vm), &select, |vf| {
@@ -472,7 +490,7 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
         (None, false) => None,
     };
     let queue_pairs = match tier {
-        Some(t) => tier_queue_pairs(paths, &a.name, a.vcpus, t)?,
+        Some(t) => tier_queue_pairs(paths, &a.name, a.vcpus, t, None)?,
         None => a.queues,
     };
     let mac = a.mac.unwrap_or_else(|| mac_for(&a.name));
@@ -603,8 +621,30 @@ async fn launch_steps(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&rec.run_dir)
         .with_context(|| format!("cannot create {}", rec.run_dir.display()))?;
-    // 1. The synthetic path: a port on the switch, only the VM's MAC may send.
     let mac: MacAddr = rec.spec.nic.mac.parse()?;
+    // 1. The direct path: a VF from the pool, with the VM's MAC, on vfio-pci. First,
+    //    so a VF that is owned or too small is refused before anything else changes.
+    let mut allocated = None;
+    if let Some(want) = &a.vf {
+        let vf = allocate_vf(paths, root, &rec.spec.name, want, rec.performance, mac)?;
+        undo.vf = Some(vf.vf.clone());
+        rec.vf = Some(vf.vf.clone());
+        allocated = Some(vf.clone());
+        rec.spec.direct = Some(DirectPath::Vf { pci: vf.vf.clone() });
+        // Both paths get the same queue pairs: no more than the VF has.
+        if let (Some(tier), Some(hw)) = (rec.performance, vf.queue_pairs) {
+            rec.spec.nic.queue_pairs =
+                tier_queue_pairs(paths, rec.name(), rec.spec.vcpus, tier, Some(hw))?;
+        }
+        let (direct, queue_pairs) = (rec.spec.direct.clone(), rec.spec.nic.queue_pairs);
+        store.update(rec.name(), |r| {
+            r.vf = Some(vf.vf.clone());
+            r.spec.direct = direct.clone();
+            r.spec.nic.queue_pairs = queue_pairs;
+            Ok(())
+        })?;
+    }
+    // 2. The synthetic path: a port on the switch, only the VM's MAC may send.
     let mut port = PortConfig::new(&rec.spec.nic.socket);
     port.name = Some(rec.port.clone());
     port.vlan = a.vlan;
@@ -615,20 +655,6 @@ async fn launch_steps(
     };
     switch_request(&rec.switch_control, &Request::PortAdd { port })?;
     undo.port = Some((rec.switch_control.clone(), rec.port.clone()));
-    // 2. The direct path: a VF from the pool, with the VM's MAC, on vfio-pci.
-    let mut allocated = None;
-    if let Some(want) = &a.vf {
-        let vf = allocate_vf(paths, root, &rec.spec.name, want, mac)?;
-        undo.vf = Some(vf.vf.clone());
-        rec.vf = Some(vf.vf.clone());
-        allocated = Some(vf.clone());
-        rec.spec.direct = Some(DirectPath::Vf { pci: vf.vf.clone() });
-        store.update(rec.name(), |r| {
-            r.vf = Some(vf.vf.clone());
-            r.spec.direct = Some(DirectPath::Vf { pci: vf.vf.clone() });
-            Ok(())
-        })?;
-    }
     // 3. The embedded switch sends the VM's MAC to the direct path, which QEMU
     //    plugs from the start.
     let steering = match &rec.spec.direct {

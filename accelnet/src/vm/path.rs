@@ -36,7 +36,8 @@ use vswitch::{Request, Response};
 
 use super::store::{DirectState, Phase, VmRecord, VmStore};
 use super::{
-    allocate_vf, open_pool, switch_request, tier_queue_pairs, vmm_for, ModelArg, Paths, TierArg,
+    allocate_vf, open_pool, switch_request, tier_queue_pairs, vf_queue_pairs, vmm_for, ModelArg,
+    Paths, TierArg,
 };
 use crate::sriov_cmd::{json, print};
 
@@ -526,7 +527,7 @@ async fn enable_one(
         }
         return Ok(PathChange::new(name, "enable", rec.direct));
     }
-    let queue_pairs = tier_queue_pairs(paths, name, rec.spec.vcpus, tier)?;
+    let queue_pairs = tier_queue_pairs(paths, name, rec.spec.vcpus, tier, None)?;
     let mac: MacAddr = rec.spec.nic.mac.parse()?;
     // Which direct path: the arguments', else the one the VM had.
     let standin = match (&a.vf_standin, &a.vf) {
@@ -566,7 +567,7 @@ async fn enable_one(
         }
         (None, Some(want)) => {
             let root = SysfsRoot::new(&paths.sysfs_root);
-            let vf = allocate_vf(paths, &root, name, want, mac)?;
+            let vf = allocate_vf(paths, &root, name, want, Some(tier), mac)?;
             taken_vf = Some(vf.vf.clone());
             let s = vf_steering(&vf, mac)?;
             (DirectPath::Vf { pci: vf.vf.clone() }, s)
@@ -669,7 +670,8 @@ pub(super) fn set(store: &VmStore, paths: &Paths, a: &SetArgs) -> anyhow::Result
                     "VM {name} is not accelerated: enable it first (accelnet vm enable {name} --performance ...)"
                 );
             }
-            let qp = tier_queue_pairs(paths, name, rec.spec.vcpus, tier)?;
+            let hw = rec.vf.as_deref().and_then(|vf| vf_queue_pairs(paths, vf));
+            let qp = tier_queue_pairs(paths, name, rec.spec.vcpus, tier, hw)?;
             store.update(name, |r| {
                 r.performance = Some(tier);
                 Ok(())

@@ -300,6 +300,15 @@ impl ChVm {
             .is_some_and(|i| i.device_ids().iter().any(|d| d == PRIMARY_ID)))
     }
 
+    /// Whether the VM's config has the synthetic NIC (net device [`SYNTHETIC_ID`]).
+    async fn has_synthetic(&self) -> Result<bool, VmmError> {
+        Ok(self
+            .api
+            .info()
+            .await?
+            .is_some_and(|i| i.net_ids().iter().any(|d| d == SYNTHETIC_ID)))
+    }
+
     fn send_event(&self, event: VmEvent) {
         let _ = self.events.send(event);
     }
@@ -421,8 +430,17 @@ impl Vmm for ChVm {
         })
     }
 
+    /// Checks the VM has its synthetic NIC (`vm.info`'s `config.net` has
+    /// [`SYNTHETIC_ID`]; a VM not created has none: [`VmmError::NoNic`]), then
+    /// hot-plugs the VF with `vm.add-device`.
     async fn attach_direct(&self, path: &DirectPath) -> Result<(), VmmError> {
         let device = cmdline::direct_device(&self.spec, path)?;
+        if !self.has_synthetic().await? {
+            return Err(VmmError::NoNic {
+                vm: self.spec.name.clone(),
+                device: SYNTHETIC_ID.to_string(),
+            });
+        }
         self.api.add_device(&device).await.map(drop)
     }
 
@@ -687,5 +705,157 @@ async fn tail_events(path: PathBuf, mut offset: u64, tx: broadcast::Sender<VmEve
             }
         }
         pending.drain(..consumed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::fake::FakeChServer;
+    use super::*;
+    use crate::SyntheticNic;
+
+    const PCI: &str = "0000:3b:02.1";
+
+    /// A fresh run dir per test (removed on drop).
+    struct RunDir(PathBuf);
+
+    impl RunDir {
+        fn new(test: &str) -> RunDir {
+            let dir = std::env::temp_dir().join(format!("ch-unit-{}-{test}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("run dir");
+            RunDir(dir)
+        }
+    }
+
+    impl Drop for RunDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "vm1".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            kernel: Some(PathBuf::from("/boot/vmlinux")),
+            initrd: None,
+            cmdline: None,
+            disks: Vec::new(),
+            nic: SyntheticNic {
+                mac: "52:54:00:aa:bb:01".into(),
+                socket: PathBuf::from("/run/accelnet/vm1.vhost"),
+                queue_pairs: 1,
+            },
+            direct: None,
+            console_log: None,
+            incoming: false,
+        }
+    }
+
+    /// A `ChVm` driving the fake API server on its run dir's API socket.
+    async fn vm_and_fake(dir: &RunDir) -> (ChVm, FakeChServer) {
+        let mut opts = ChOptions::new("/nonexistent/cloud-hypervisor", &dir.0);
+        opts.spawn = false;
+        opts.request_timeout = Duration::from_secs(2);
+        let fake = FakeChServer::start(opts.api_socket("vm1"))
+            .await
+            .expect("fake API server");
+        (ChVm::new(spec(), opts).expect("valid spec"), fake)
+    }
+
+    fn vf() -> DirectPath {
+        DirectPath::Vf { pci: PCI.into() }
+    }
+
+    fn assert_no_nic(r: Result<(), VmmError>) {
+        match r {
+            Err(VmmError::NoNic { vm, device }) => {
+                assert_eq!(vm, "vm1");
+                assert_eq!(device, SYNTHETIC_ID);
+            }
+            other => panic!("want NoNic, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn attach_direct_checks_the_synthetic_nic_then_adds_the_vf() {
+        let dir = RunDir::new("attach-ok");
+        let (mut vm, fake) = vm_and_fake(&dir).await;
+        vm.start().await.expect("create and boot");
+
+        vm.attach_direct(&vf()).await.expect("VF plugged");
+
+        let endpoints = fake.endpoints();
+        let tail = &endpoints[endpoints.len() - 2..];
+        assert_eq!(tail, ["vm.info", "vm.add-device"], "{endpoints:?}");
+        assert_eq!(
+            fake.bodies("vm.add-device"),
+            vec![json!({"path": format!("/sys/bus/pci/devices/{PCI}/"), "id": PRIMARY_ID})]
+        );
+        assert!(vm.status().await.expect("status").direct_attached);
+    }
+
+    #[tokio::test]
+    async fn attach_direct_after_the_synthetic_nic_was_removed_is_no_nic() {
+        let dir = RunDir::new("attach-removed");
+        let (mut vm, fake) = vm_and_fake(&dir).await;
+        vm.start().await.expect("create and boot");
+        vm.api()
+            .remove_device(SYNTHETIC_ID)
+            .await
+            .expect("NIC removed");
+
+        assert_no_nic(vm.attach_direct(&vf()).await);
+
+        assert!(fake.bodies("vm.add-device").is_empty(), "no VF was added");
+        let config = fake.config().expect("the VM stays created");
+        assert!(config["devices"].as_array().is_none_or(Vec::is_empty));
+    }
+
+    #[tokio::test]
+    async fn attach_direct_on_a_vm_created_without_net_is_no_nic() {
+        let dir = RunDir::new("attach-no-net");
+        let (vm, fake) = vm_and_fake(&dir).await;
+        // A VM created outside accelnet: no net device at all, or another id.
+        vm.api()
+            .create_json(&json!({
+                "payload": {"kernel": "/boot/vmlinux"},
+                "memory": {"size": 268_435_456, "shared": true},
+                "net": [{"mac": "52:54:00:aa:bb:01", "id": "_net0"}],
+            }))
+            .await
+            .expect("created");
+        vm.api().boot().await.expect("booted");
+
+        assert_no_nic(vm.attach_direct(&vf()).await);
+        assert!(fake.bodies("vm.add-device").is_empty(), "no VF was added");
+    }
+
+    #[tokio::test]
+    async fn attach_direct_on_a_vm_not_created_is_no_nic() {
+        let dir = RunDir::new("attach-not-created");
+        let (vm, fake) = vm_and_fake(&dir).await;
+
+        assert_no_nic(vm.attach_direct(&vf()).await);
+        assert_eq!(fake.endpoints(), ["vm.info"]);
+    }
+
+    #[tokio::test]
+    async fn attach_direct_when_the_vmm_is_gone_is_exited() {
+        let dir = RunDir::new("attach-gone");
+        let (vm, fake) = vm_and_fake(&dir).await;
+        drop(fake);
+
+        match vm.attach_direct(&vf()).await {
+            Err(VmmError::Exited { vm, .. }) => assert_eq!(vm, "vm1"),
+            other => panic!("want Exited, got {other:?}"),
+        }
     }
 }

@@ -221,11 +221,20 @@ pub struct VmInfo {
 impl VmInfo {
     /// The ids of `config.devices` (VFIO devices).
     pub fn device_ids(&self) -> Vec<String> {
+        self.ids("devices")
+    }
+
+    /// The ids of `config.net` (network devices).
+    pub fn net_ids(&self) -> Vec<String> {
+        self.ids("net")
+    }
+
+    fn ids(&self, list: &str) -> Vec<String> {
         self.config
-            .get("devices")
+            .get(list)
             .and_then(Value::as_array)
-            .map(|devices| {
-                devices
+            .map(|items| {
+                items
                     .iter()
                     .filter_map(|d| d.get("id").and_then(Value::as_str).map(str::to_owned))
                     .collect()

@@ -15,9 +15,14 @@
 //! (the socket goes away) after `vmm.shutdown` and after a successful outgoing
 //! migration.
 //!
-//! It records every request, can fail or delay the next call of an endpoint, and
-//! writes event-monitor records (pretty-printed JSON objects, like
-//! cloud-hypervisor's `--event-monitor`) to a file when given one.
+//! It records every request (and can journal each one as a JSON line to a writer),
+//! can fail or delay the next call of an endpoint, and writes event-monitor records
+//! (pretty-printed JSON objects, like cloud-hypervisor's `--event-monitor`) to a
+//! file when given one.
+//!
+//! The `fake-cloud-hypervisor` binary (`src/bin/fake-cloud-hypervisor.rs`) serves
+//! it as a process in place of `cloud-hypervisor`, for tests that drive the VMM as
+//! a separate process (the `accelnet` CLI).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -31,10 +36,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// One request the fake received.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecordedRequest {
     /// `GET` or `PUT` (or whatever came).
     pub method: String,
@@ -75,12 +81,24 @@ struct State {
     migration_fails: bool,
     incoming_config: Value,
     exited: bool,
+    journal: Option<Journal>,
+}
+
+/// Where every request goes as one JSON line ([`FakeChServer::set_request_journal`]).
+struct Journal(Box<dyn Write + Send>);
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Journal")
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
     socket: PathBuf,
+    /// `true` once the fake VMM exited.
+    exit: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -116,6 +134,18 @@ fn ok() -> Reply {
 impl FakeChServer {
     /// Listens on `socket` (replacing a stale file) and serves until dropped.
     pub async fn start(socket: impl AsRef<Path>) -> std::io::Result<FakeChServer> {
+        Self::start_as_vmm(socket, None, None).await
+    }
+
+    /// Like a `cloud-hypervisor` process starting: with `event_file`, writes the
+    /// record `vmm/starting` to it and every event after; with `journal`, writes
+    /// every request to it ([`set_request_journal`](Self::set_request_journal));
+    /// both from before the first request is served.
+    pub async fn start_as_vmm(
+        socket: impl AsRef<Path>,
+        event_file: Option<PathBuf>,
+        journal: Option<Box<dyn Write + Send>>,
+    ) -> std::io::Result<FakeChServer> {
         let socket = socket.as_ref().to_path_buf();
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket)?;
@@ -126,16 +156,19 @@ impl FakeChServer {
                 requests: Vec::new(),
                 failures: HashMap::new(),
                 delays: HashMap::new(),
-                event_file: None,
+                event_file,
                 started: Instant::now(),
                 next_bdf: 4,
                 removal_delay: None,
                 migration_fails: false,
                 incoming_config: json!({"payload": {"kernel": "/migrated/vmlinux"}}),
                 exited: false,
+                journal: journal.map(Journal),
             }),
             socket,
+            exit: watch::channel(false).0,
         });
+        emit(&shared.lock(), "vmm", "starting", None);
         let accept_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             loop {
@@ -241,6 +274,35 @@ impl FakeChServer {
     pub fn exited(&self) -> bool {
         self.shared.lock().exited
     }
+
+    /// Returns once the fake "VMM" exited ([`exited`](Self::exited)).
+    pub async fn wait_exit(&self) {
+        let mut rx = self.shared.exit.subscribe();
+        // The sender lives in `self.shared`: `wait_for` cannot see it dropped.
+        let _ = rx.wait_for(|exited| *exited).await;
+    }
+
+    /// Writes every request from now on to `sink`, as one JSON line
+    /// ([`RecordedRequest`]) per request, in the order they arrive.
+    pub fn set_request_journal(&self, sink: Box<dyn Write + Send>) {
+        self.shared.lock().journal = Some(Journal(sink));
+    }
+
+    /// The VMM process is told to go (SIGTERM, SIGINT): a booted VM shuts down
+    /// (event `vm/shutdown`), then the VMM (event `vmm/shutdown`), and it exits
+    /// (the API socket goes away). Nothing happens if it already exited.
+    pub fn terminate(&self) {
+        let mut st = self.shared.lock();
+        if st.exited {
+            return;
+        }
+        if matches!(st.phase, FakeVmPhase::Running | FakeVmPhase::Paused) {
+            st.phase = FakeVmPhase::Shutdown;
+            emit(&st, "vm", "shutdown", None);
+        }
+        emit(&st, "vmm", "shutdown", None);
+        exit_vmm(&self.shared, &mut st);
+    }
 }
 
 fn emit(state: &State, source: &str, event: &str, properties: Option<Value>) {
@@ -267,6 +329,7 @@ fn emit(state: &State, source: &str, event: &str, properties: Option<Value>) {
 fn exit_vmm(shared: &Shared, state: &mut State) {
     state.exited = true;
     let _ = std::fs::remove_file(&shared.socket);
+    shared.exit.send_replace(true);
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -289,11 +352,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
         .to_owned();
     let delay = {
         let mut st = shared.lock();
-        st.requests.push(RecordedRequest {
+        let request = RecordedRequest {
             method: method.to_string(),
             endpoint: endpoint.clone(),
             body: body_value.clone(),
-        });
+        };
+        if let Some(Journal(sink)) = st.journal.as_mut() {
+            if let Ok(line) = serde_json::to_string(&request) {
+                let _ = writeln!(sink, "{line}");
+                let _ = sink.flush();
+            }
+        }
+        st.requests.push(request);
         st.delays.get_mut(&endpoint).and_then(VecDeque::pop_front)
     };
     if let Some(d) = delay {

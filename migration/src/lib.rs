@@ -6,3 +6,6 @@
 //! the migration issue; until then it exports nothing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod probe;
+pub mod report;

@@ -11,7 +11,8 @@
 //! * [`SwitchProcess`]: `accelnet switch run` as a child process a test can SIGKILL and
 //!   restart.
 //! * [`Probe`]: a constant-rate ICMP echo probe from a netns, reporting losses, the longest
-//!   gap and lost ranges against the test's [`Probe::mark`]s ([`ProbeReport`]).
+//!   gap and lost ranges against the test's [`Probe::mark`]s ([`ProbeReport`]); it lives in
+//!   the product crate (`migration::probe`) and is re-exported here.
 //!
 //! Every process and network object is owned by a value and removed on drop, so a
 //! failing test cleans up after itself. Errors are [`LabError`]s whose `Debug` is the
@@ -32,7 +33,7 @@ pub use console::Line;
 pub use guest::{BgJob, Guest, GuestConfig};
 pub use lab::{log, Lab};
 pub use ping::PingStats;
-pub use probe::{Probe, ProbeReport, Window};
+pub use probe::{Probe, ProbeError, ProbeReport, Window};
 pub use qmp::Qmp;
 pub use switch_proc::{accelnet_binary, SwitchProcess};
 pub use wire::{Host, Wire, WIRE_IP, WIRE_MAC};
@@ -59,6 +60,12 @@ impl std::error::Error for LabError {}
 impl From<String> for LabError {
     fn from(s: String) -> Self {
         LabError(s)
+    }
+}
+
+impl From<ProbeError> for LabError {
+    fn from(e: ProbeError) -> Self {
+        LabError(e.to_string())
     }
 }
 

@@ -310,6 +310,14 @@ impl Select {
         self.too_few_queues(vf)
     }
 
+    /// The same request without the tier.
+    fn without_tier(&self) -> Select {
+        Select {
+            performance: None,
+            ..self.clone()
+        }
+    }
+
     /// Why `vf` cannot carry [`Select::performance`], if it cannot.
     fn too_few_queues(&self, vf: &PoolVf) -> Option<String> {
         let tier = self.performance?;
@@ -742,9 +750,11 @@ impl VfPool {
                     .ok_or_else(|| PoolError::UnknownVf { vf: addr.clone() })?;
                 check_available(entry)?;
                 if let Some(reason) = want.mismatch(&entry.vf) {
-                    if let (Some(seed), Some(_)) =
-                        (want.performance_seed(), want.too_few_queues(&entry.vf))
-                    {
+                    // It fits all but the tier: the hardware is too small.
+                    if let (Some(seed), None) = (
+                        want.performance_seed(),
+                        want.without_tier().mismatch(&entry.vf),
+                    ) {
                         return Err(PoolError::TooFewQueues {
                             vf: addr.clone(),
                             reason,
@@ -765,10 +775,7 @@ impl VfPool {
                 .map(|e| e.vf.vf.clone())
                 .ok_or_else(|| {
                     // Free VFs that fit all but the tier: the hardware is too small.
-                    let any_tier = Select {
-                        performance: None,
-                        ..want.clone()
-                    };
+                    let any_tier = want.without_tier();
                     let seed = match want.performance_seed() {
                         Some(seed)
                             if records
@@ -1495,6 +1502,16 @@ mod tests {
             "{text}"
         );
         assert!(matches!(state_of(&pool, &vf_addr(0, 0)), VfState::Free));
+        // Too small and on the wrong node: the node is what does not fit.
+        let elsewhere = Select {
+            numa: Some(1),
+            ..named.clone()
+        };
+        let err = pool
+            .reserve(&Owner::vm("vm2"), &elsewhere)
+            .expect_err("wrong node");
+        assert!(matches!(err, PoolError::Mismatch { .. }), "{err}");
+        assert!(err.to_string().contains("not on NUMA node 1"), "{err}");
         // A count nobody could read is taken at its word.
         let unknown = pool
             .reserve(&Owner::vm("vm3"), &medium)

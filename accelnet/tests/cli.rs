@@ -2,44 +2,15 @@
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;
-use common::{accelnet, stderr, stdout};
+use common::{accelnet, stderr, stdout, TempDir};
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vswitch::api::{PortInfo, PortKind};
 use vswitch::control::{ControlHandler, ControlServer};
 use vswitch::{PortStats, Request, Response};
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "accelnet-cli-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir is writable");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn cli_help_lists_switch_commands() {
@@ -133,7 +104,7 @@ fn cli_run_without_ports_exits_1() {
 #[test]
 fn cli_run_unusable_cpu_exits_1_and_leaves_no_socket() {
     let dir = TempDir::new("cpu");
-    let sock = dir.0.join("p.sock");
+    let sock = dir.path("p.sock");
 
     let o = accelnet(&[
         "switch",

@@ -631,10 +631,10 @@ async fn launch_steps(
         rec.vf = Some(vf.vf.clone());
         allocated = Some(vf.clone());
         rec.spec.direct = Some(DirectPath::Vf { pci: vf.vf.clone() });
-        // Both paths get the same queue pairs: no more than the VF has.
-        if let (Some(tier), Some(hw)) = (rec.performance, vf.queue_pairs) {
-            rec.spec.nic.queue_pairs =
-                tier_queue_pairs(paths, rec.name(), rec.spec.vcpus, tier, Some(hw))?;
+        // Both paths get the same queue pairs: no more than the VF has (the pool
+        // gave one with at least the tier's minimum).
+        if let Some(hw) = vf.queue_pairs {
+            rec.spec.nic.queue_pairs = rec.spec.nic.queue_pairs.min(hw);
         }
         let (direct, queue_pairs) = (rec.spec.direct.clone(), rec.spec.nic.queue_pairs);
         store.update(rec.name(), |r| {

@@ -58,6 +58,11 @@ pub enum Request {
     /// `hold: false` releases: the held frames are delivered in arrival order, and
     /// frames arriving meanwhile queue behind them, then delivery is back to
     /// normal. Releasing a port that does not hold is not an error.
+    ///
+    /// `hold: false, via: UPLINK` releases out of that uplink instead (tagged for
+    /// the port's VLAN where the uplink needs it): used when the guest moves onto
+    /// its VF, whose MAC the embedded switch now owns, so what was held for the
+    /// standby reaches the guest over the primary (a NIC loops PF→VF frames back).
     Hold {
         /// VM port name.
         port: String,
@@ -66,6 +71,9 @@ pub enum Request {
         /// With `hold: true`: milliseconds until the hold ends by itself.
         #[serde(default)]
         max_ms: Option<u64>,
+        /// With `hold: false`: the uplink to release the held frames out of.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
 }
 
@@ -124,8 +132,11 @@ pub enum Response {
         holding: bool,
         /// Frames held since the hold started (0 if the port was not holding).
         held: u64,
-        /// Held frames delivered to the guest so far (0 if the port was not holding).
+        /// Held frames delivered so far (0 if the port was not holding).
         released: u64,
+        /// Of those, frames sent out of the `via` uplink instead of to the guest.
+        #[serde(default)]
+        redirected: u64,
     },
     /// The request could not be served.
     Error {
@@ -354,7 +365,8 @@ mod tests {
             Request::Hold {
                 port: "vm1".into(),
                 hold: true,
-                max_ms: None
+                max_ms: None,
+                via: None,
             }
         );
         assert_eq!(
@@ -365,7 +377,20 @@ mod tests {
             Request::Hold {
                 port: "vm1".into(),
                 hold: true,
-                max_ms: Some(200)
+                max_ms: Some(200),
+                via: None,
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                r#"{"request":"hold","port":"vm1","hold":false,"via":"pf0"}"#
+            )
+            .unwrap(),
+            Request::Hold {
+                port: "vm1".into(),
+                hold: false,
+                max_ms: None,
+                via: Some("pf0".into()),
             }
         );
         let r = Response::Held {
@@ -373,11 +398,19 @@ mod tests {
             holding: false,
             held: 3,
             released: 3,
+            redirected: 2,
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"response":"held","port":"vm1","holding":false,"held":3,"released":3}"#
+            r#"{"response":"held","port":"vm1","holding":false,"held":3,"released":3,"redirected":2}"#
         );
+        // An older switch's answer has no `redirected`.
+        assert!(matches!(
+            serde_json::from_str::<Response>(
+                r#"{"response":"held","port":"vm1","holding":false,"held":1,"released":1}"#
+            ),
+            Ok(Response::Held { redirected: 0, .. })
+        ));
         assert_eq!(DropReason::HoldOverflow.as_str(), "hold_overflow");
     }
 

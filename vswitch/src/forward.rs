@@ -466,7 +466,7 @@ impl Forwarder {
             self.clock_ns.set(self.shared.nanos_at(t));
             let mut work = 0;
             for i in 0..self.vm_ports.len() {
-                work += self.drain_hold(i, t);
+                work += self.drain_hold(&table, i, t);
                 work += self.poll_vm_port(&table, i, now);
             }
             for i in 0..self.uplinks.len() {
@@ -570,7 +570,7 @@ impl Forwarder {
     /// round, for at most [`crate::hold::DRAIN_STALL`], then is dropped as
     /// `no_rx_buffer`, as it is at once when no frontend is connected. An empty
     /// queue ends the drain: delivery is back to normal.
-    fn drain_hold(&self, i: usize, now: Instant) -> usize {
+    fn drain_hold(&self, table: &PortTable, i: usize, now: Instant) -> usize {
         let port = &self.vm_ports[i];
         let Some(v) = port.vhost() else { return 0 };
         if port.owner != self.index {
@@ -579,6 +579,24 @@ impl Forwarder {
         let Some(mut q) = v.hold.due(now) else {
             return 0;
         };
+        if let Some(up) = q.via() {
+            let batch = q.take(BATCH);
+            // The uplink's lock is taken without the hold's: a thread receiving on
+            // that uplink holds its lock while it queues frames here.
+            drop(q);
+            self.send_held_out(table, port, up, &batch);
+            let mut q = v.hold.lock();
+            if v.hold.finish_if_empty(&mut q) {
+                let c = q.counts();
+                log::info!(
+                    "port {}: hold released out of an uplink ({} held, {} sent)",
+                    port.name,
+                    c.held,
+                    c.redirected
+                );
+            }
+            return batch.len();
+        }
         let Some(att) = v.attached.load_full() else {
             let n = q.discard();
             port.counters.drop(DropReason::NoRxBuffer, n);
@@ -625,6 +643,38 @@ impl Forwarder {
             );
         }
         done
+    }
+
+    /// Sends frames held for VM `port` out of uplink `up`, tagged for the port's
+    /// VLAN as the uplink needs; what cannot go is counted on the VM port.
+    fn send_held_out(&self, table: &PortTable, port: &Port, up: PortId, frames: &[HeldFrame]) {
+        let Some(uplink) = table
+            .get(up)
+            .filter(|p| matches!(p.backend, PortBackend::Uplink(_)))
+        else {
+            port.counters
+                .drop(DropReason::NoRxBuffer, frames.len() as u64);
+            return;
+        };
+        let mut not_carried = 0u64;
+        let out = frames.iter().filter_map(|h| {
+            // Held as they left the VM port: untagged on its access VLAN, or tagged
+            // where the port is a trunk.
+            let tag = L2Header::parse(&h.bytes).and_then(|l2| l2.vlan_tag);
+            let Some(e) = Self::egress(uplink, tag.unwrap_or(port.vlan)) else {
+                not_carried += 1;
+                return None;
+            };
+            let f = OutFrame {
+                bytes: FrameBytes::Host(&h.bytes),
+                tagged: tag.is_some(),
+                len: h.bytes.len(),
+                offload: h.offload,
+            };
+            Some((f, e))
+        });
+        self.deliver(uplink, 0, out);
+        port.counters.drop(DropReason::VlanNotAllowed, not_carried);
     }
 
     /// Reads pending socket errors of the uplinks (e.g. ENETDOWN when the interface

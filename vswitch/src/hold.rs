@@ -4,7 +4,9 @@
 //! drops every frame arriving on the standby (this switch's port). The orchestrator
 //! asks the switch to hold the frames bound for the port ([`Hold::start`]) while the
 //! VF is unplugged, and to release them once the guest let go of it
-//! ([`Hold::release`]); a hold also ends by itself at its deadline.
+//! ([`Hold::release`]); a hold also ends by itself at its deadline. A release may
+//! name an uplink: the held frames then leave through it instead of going to the
+//! guest's standby (the guest moved onto its VF, which the embedded switch feeds).
 //!
 //! States: `Normal` (frames are delivered), `Holding` (frames are queued), `Draining`
 //! (the port's owning forwarding thread delivers the queue, front first; frames
@@ -18,6 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::api::DropReason;
+use crate::fdb::PortId;
 use crate::offload::VnetHdr;
 
 /// Most frames held per port; more are dropped as `hold_overflow`.
@@ -70,8 +73,10 @@ pub struct HeldFrame {
 pub struct HoldCounts {
     /// Frames held since the hold started.
     pub held: u64,
-    /// Held frames delivered to the guest so far.
+    /// Held frames delivered so far (to the guest, or out of the release's uplink).
     pub released: u64,
+    /// Of those, frames sent out of the release's uplink.
+    pub redirected: u64,
 }
 
 /// The queue and the counters behind [`Hold`]'s lock.
@@ -83,6 +88,8 @@ pub struct HoldQueue {
     deadline: Option<Instant>,
     counts: HoldCounts,
     stalled_since: Option<Instant>,
+    /// The uplink the drain sends the frames out of; `None`: to the guest.
+    via: Option<PortId>,
 }
 
 impl HoldQueue {
@@ -110,9 +117,30 @@ impl HoldQueue {
             self.bytes -= f.bytes.len();
         }
         self.counts.released += n as u64;
+        if self.via.is_some() {
+            self.counts.redirected += n as u64;
+        }
         if n > 0 {
             self.stalled_since = None;
         }
+    }
+
+    /// Takes the `n` oldest frames out to send them elsewhere (a drain out of an
+    /// uplink sends them after dropping the lock); counted as released.
+    pub fn take(&mut self, n: usize) -> Vec<HeldFrame> {
+        let n = n.min(self.frames.len());
+        let out: Vec<HeldFrame> = self.frames.drain(..n).collect();
+        self.bytes -= out.iter().map(|f| f.bytes.len()).sum::<usize>();
+        self.counts.released += n as u64;
+        if self.via.is_some() {
+            self.counts.redirected += n as u64;
+        }
+        out
+    }
+
+    /// Where the drain sends the frames: `Some(uplink)` or the guest (`None`).
+    pub fn via(&self) -> Option<PortId> {
+        self.via
     }
 
     /// Drops every queued frame; returns how many there were.
@@ -179,19 +207,23 @@ impl Hold {
         if self.state() == HoldState::Normal {
             q.counts = HoldCounts::default();
         }
+        // The next release says where the frames go.
+        q.via = None;
         q.deadline = Some(deadline);
         q.stalled_since = None;
         self.set(HoldState::Holding);
         q.counts
     }
 
-    /// Ends the hold: the queue is to be drained. Returns false (and changes
-    /// nothing) if the port was not holding; a drain under way goes on.
-    pub fn release(&self) -> bool {
-        let q = self.lock();
+    /// Ends the hold: the queue is to be drained, to the guest or out of uplink
+    /// `via`. Returns false (and changes nothing) if the port was not holding; a
+    /// drain under way goes on where it was going.
+    pub fn release(&self, via: Option<PortId>) -> bool {
+        let mut q = self.lock();
         match self.state() {
             HoldState::Normal => false,
             HoldState::Holding => {
+                q.via = via;
                 self.set(HoldState::Draining);
                 drop(q);
                 true
@@ -236,6 +268,7 @@ impl Hold {
         }
         q.deadline = None;
         q.stalled_since = None;
+        q.via = None;
         q.frames = VecDeque::new(); // give the memory back
         self.set(HoldState::Normal);
         true
@@ -246,6 +279,7 @@ impl Hold {
         let mut q = self.lock();
         let n = q.discard();
         q.deadline = None;
+        q.via = None;
         self.set(HoldState::Normal);
         n
     }
@@ -293,7 +327,10 @@ mod tests {
         let now = Instant::now();
         assert!(!h.is_active());
         assert!(h.queue().is_none(), "not holding: deliver normally");
-        assert!(!h.release(), "releasing a port that does not hold is fine");
+        assert!(
+            !h.release(None),
+            "releasing a port that does not hold is fine"
+        );
         assert!(h.due(now).is_none());
 
         h.start(now + Duration::from_secs(5));
@@ -305,11 +342,12 @@ mod tests {
             h.counts(),
             HoldCounts {
                 held: 3,
-                released: 0
+                released: 0,
+                redirected: 0,
             }
         );
         assert!(h.due(now).is_none(), "holding, deadline not reached");
-        assert!(h.release());
+        assert!(h.release(None));
         assert_eq!(h.state(), HoldState::Draining);
         // Frames arriving during the drain queue behind.
         push(&h, 3, 60).unwrap();
@@ -331,7 +369,8 @@ mod tests {
             h.counts(),
             HoldCounts {
                 held: 4,
-                released: 4
+                released: 4,
+                redirected: 0,
             }
         );
         // A new hold starts from zero.
@@ -381,17 +420,56 @@ mod tests {
         let now = Instant::now();
         h.start(now + Duration::from_secs(5));
         push(&h, 1, 60).unwrap();
-        h.release();
+        h.release(None);
         let c = h.start(now + Duration::from_secs(5));
         assert_eq!(
             c,
             HoldCounts {
                 held: 1,
-                released: 0
+                released: 0,
+                redirected: 0,
             }
         );
         assert_eq!(h.state(), HoldState::Holding);
         assert_eq!(h.lock().frames.len(), 1);
+    }
+
+    #[test]
+    fn test_release_via_an_uplink_counts_redirected_and_a_new_hold_forgets_it() {
+        let h = Hold::default();
+        let now = Instant::now();
+        h.start(now + Duration::from_secs(5));
+        push(&h, 1, 60).unwrap();
+        push(&h, 2, 60).unwrap();
+        assert!(h.release(Some(7)));
+        // A second release while draining does not change the destination.
+        assert!(h.release(None));
+        {
+            let mut q = h.due(now).expect("draining");
+            assert_eq!(q.via(), Some(7));
+            q.released(2);
+            assert!(h.finish_if_empty(&mut q));
+            assert_eq!(q.via(), None);
+        }
+        assert_eq!(
+            h.counts(),
+            HoldCounts {
+                held: 2,
+                released: 2,
+                redirected: 2,
+            }
+        );
+        // Interrupted drain: the new hold's release decides again.
+        h.start(now + Duration::from_secs(5));
+        push(&h, 3, 60).unwrap();
+        h.release(Some(7));
+        h.start(now + Duration::from_secs(5));
+        assert_eq!(h.lock().via(), None);
+        // A hold that reaches its deadline goes to the guest.
+        let mut q = h.due(now + Duration::from_secs(6)).expect("expired");
+        assert_eq!(q.via(), None);
+        q.released(1);
+        assert_eq!(q.counts().redirected, 0);
     }
 
     #[test]

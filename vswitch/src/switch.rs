@@ -87,6 +87,9 @@ pub enum PortChangeError {
     /// No such port.
     #[error("no VM port named {0}")]
     NotFound(String),
+    /// A hold released via a port that is not one of the switch's uplinks.
+    #[error("no uplink named {0}")]
+    NoUplink(String),
     /// A multicast (or broadcast) address where a station's MAC is needed.
     #[error("{0} is a multicast address, not a VM's MAC")]
     BadMac(MacAddr),
@@ -396,6 +399,7 @@ impl State {
         name: &str,
         hold: bool,
         max_ms: Option<u64>,
+        via: Option<&str>,
     ) -> Result<(bool, HoldCounts), PortChangeError> {
         let table = self.shared.ports.load_full();
         let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()) else {
@@ -414,7 +418,14 @@ impl State {
             log::info!("port {name}: holding its receive direction for up to {ms} ms");
             return Ok((true, counts));
         }
-        if !v.hold.release() {
+        let via = match via {
+            None => None,
+            Some(u) => match table.by_name(u) {
+                Some(p) if matches!(p.backend, PortBackend::Uplink(_)) => Some(p.id),
+                _ => return Err(PortChangeError::NoUplink(u.to_string())),
+            },
+        };
+        if !v.hold.release(via) {
             return Ok((false, HoldCounts::default()));
         }
         self.wake_all();
@@ -476,12 +487,18 @@ impl ControlHandler for State {
                     message: error_chain(&e),
                 },
             },
-            Request::Hold { port, hold, max_ms } => match self.hold(port, *hold, *max_ms) {
+            Request::Hold {
+                port,
+                hold,
+                max_ms,
+                via,
+            } => match self.hold(port, *hold, *max_ms, via.as_deref()) {
                 Ok((holding, c)) => Response::Held {
                     port: port.clone(),
                     holding,
                     held: c.held,
                     released: c.released,
+                    redirected: c.redirected,
                 },
                 Err(e) => Response::Error {
                     message: error_chain(&e),

@@ -1665,13 +1665,16 @@ fn hold_req(ts: &TestSwitch, port: &str, hold: bool, max_ms: Option<u64>) -> (bo
         port: port.into(),
         hold,
         max_ms,
+        via: None,
     }) {
         Response::Held {
             port: p,
             holding,
             held,
             released,
+            redirected,
         } => {
+            assert_eq!(redirected, 0, "released to the guest");
             assert_eq!(p, port);
             (holding, held, released)
         }
@@ -1821,6 +1824,7 @@ fn switch_hold_refuses_unknown_ports_and_discards_on_removal() {
         port: "nope".into(),
         hold: true,
         max_ms: None,
+        via: None,
     });
     assert!(
         matches!(&r, Response::Error { message } if message.contains("no VM port named nope")),
@@ -1829,11 +1833,24 @@ fn switch_hold_refuses_unknown_ports_and_discards_on_removal() {
     hold_req(&ts, "b", true, None);
     a.send(&frame(mac(0xb), mac(0xa), 100, 1)).unwrap();
     assert_eq!(wait_held(&ts, "b", 1), 1);
+    // A release via a port that is not an uplink is refused; the hold stays.
+    let r = ts.switch().handle(&Request::Hold {
+        port: "b".into(),
+        hold: false,
+        max_ms: None,
+        via: Some("a".into()),
+    });
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("no uplink named a")),
+        "{r:?}"
+    );
+    assert_eq!(wait_held(&ts, "b", 1), 1, "still held");
     ts.switch().remove_port("b").expect("remove b");
     let r = ts.switch().handle(&Request::Hold {
         port: "b".into(),
         hold: false,
         max_ms: None,
+        via: None,
     });
     assert!(matches!(r, Response::Error { .. }), "{r:?}");
 }

@@ -881,3 +881,94 @@ fn test_switch_vm_allowed_mac_stays_on_its_port_when_seen_on_the_uplink() {
         assert_eq!(vm_entry(&fdb()), Some(("vm2".into(), 0)));
     });
 }
+
+/// A hold released via the uplink: what the switch held for VM port `vm` (on
+/// VLAN 5) leaves through the uplink, in arrival order and tagged for VLAN 5, as
+/// the guest's VF gets it from the embedded switch once the VF owns the MAC; the
+/// answer counts it as redirected and the VM gets none of it.
+#[cfg(feature = "test-utils")]
+#[test]
+fn test_switch_hold_released_via_the_uplink_sends_the_held_frames_out_of_it() {
+    use vswitch::test_utils::TestSwitch;
+    use vswitch::{PortConfig, Request, Response, SwitchConfig};
+
+    let ns = Netns::new();
+    ns.run(|| {
+        let peer = RawSock::open("b");
+        let ts = TestSwitch::start("holdup", |dir| SwitchConfig {
+            ports: vec![PortConfig {
+                vlan: 5,
+                ..PortConfig::new(dir.join("vm.sock"))
+            }],
+            uplinks: vec![UplinkConfig::new("a", 1)],
+            ..SwitchConfig::default()
+        });
+        let mut vm = ts.connect("vm");
+        let hold = |hold: bool, via: Option<&str>| {
+            ts.switch().handle(&Request::Hold {
+                port: "vm".into(),
+                hold,
+                max_ms: Some(60_000),
+                via: via.map(Into::into),
+            })
+        };
+        assert!(matches!(
+            hold(true, None),
+            Response::Held { holding: true, .. }
+        ));
+        let sent: Vec<Vec<u8>> = (0..20u32)
+            .map(|i| tagged(&frame(60 + i as usize * 50, 100 + i), 5))
+            .collect();
+        for f in &sent {
+            peer.send(f);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match hold(true, None) {
+                Response::Held { held: 20, .. } => break,
+                Response::Held { held, .. } if Instant::now() > deadline => {
+                    panic!("{held} of 20 frames held")
+                }
+                Response::Held { .. } => std::thread::sleep(Duration::from_millis(5)),
+                other => panic!("hold: {other:?}"),
+            }
+        }
+        // b's own copies of what it sent (AF_PACKET sees outgoing frames too).
+        let _ = peer.recv_test_frames(usize::MAX, QUIET);
+
+        let r = hold(false, Some("vm"));
+        assert!(
+            matches!(&r, Response::Error { message } if message.contains("no uplink named vm")),
+            "{r:?}"
+        );
+        match hold(false, Some("a")) {
+            Response::Held {
+                holding: false,
+                held: 20,
+                released: 20,
+                redirected: 20,
+                ..
+            } => {}
+            other => panic!("release via a: {other:?}"),
+        }
+        let got = peer.recv_test_frames(20, WAIT);
+        assert_eq!(got.len(), 20, "frames back out of the uplink");
+        for (i, ((data, vlan), want)) in got.iter().zip(&sent).enumerate() {
+            assert_eq!(*vlan, Some(5), "frame {i}: VLAN");
+            // The kernel hands the tag over as metadata.
+            let untagged: Vec<u8> = want[..12].iter().chain(&want[16..]).copied().collect();
+            assert_eq!(data, &untagged, "frame {i}: bytes or order");
+        }
+        let to_vm: Vec<Vec<u8>> = vm
+            .recv_all(QUIET)
+            .into_iter()
+            .filter(|f| is_test_frame(f))
+            .collect();
+        assert!(
+            to_vm.is_empty(),
+            "the VM got {} released frames",
+            to_vm.len()
+        );
+        assert_eq!(ts.stats("vm").drops.values().sum::<u64>(), 0);
+    });
+}

@@ -73,6 +73,10 @@ pub enum Steering {
         vf_port: String,
         /// The port towards the PF, i.e. accelnet's switch uplink.
         pf_port: String,
+        /// The switch's uplink behind `pf_port` (`pf_port` itself or its veth
+        /// peer); unknown in records written before it was kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uplink: Option<String>,
         /// The VM's MAC.
         mac: MacAddr,
     },
@@ -142,10 +146,11 @@ impl Steering {
                 "{tap}'s master {bridge} is not a Linux bridge"
             )));
         }
+        // (bridge port, the uplink it leads to)
         let mut found = Vec::new();
         for up in uplinks {
             if master_of(class_net, up).as_deref() == Some(bridge.as_str()) {
-                found.push(up.clone());
+                found.push((up.clone(), up.clone()));
                 continue;
             }
             // A veth's iflink is its peer's ifindex.
@@ -163,17 +168,18 @@ impl Steering {
                 let same =
                     read_trim(&class_net.join(&name).join("ifindex")).is_ok_and(|i| i == peer);
                 if same && master_of(class_net, &name).as_deref() == Some(bridge.as_str()) {
-                    found.push(name);
+                    found.push((name, up.clone()));
                 }
             }
         }
         found.sort();
         found.dedup();
         match found.as_slice() {
-            [pf_port] => Ok(Steering::Bridge {
+            [(pf_port, uplink)] => Ok(Steering::Bridge {
                 bridge,
                 vf_port: tap.to_string(),
                 pf_port: pf_port.clone(),
+                uplink: Some(uplink.clone()),
                 mac,
             }),
             [] => Err(SteerError::Topology(format!(
@@ -187,8 +193,21 @@ impl Steering {
             ))),
             many => Err(SteerError::Topology(format!(
                 "bridge {bridge} has several ports leading to the switch's uplinks: {}",
-                many.join(", ")
+                many.iter()
+                    .map(|(p, _)| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
+        }
+    }
+
+    /// The switch uplink that frames for the VF go out of, to reach it through the
+    /// embedded switch: the PF on a NIC (a VEB loops PF→VF frames back), the
+    /// uplink behind the bridge's PF port in the lab; `None` if unknown.
+    pub fn switch_uplink(&self) -> Option<&str> {
+        match self {
+            Steering::Vf { pf, .. } => Some(pf),
+            Steering::Bridge { uplink, .. } => uplink.as_deref(),
         }
     }
 
@@ -302,6 +321,7 @@ impl fmt::Display for Steering {
                 vf_port,
                 pf_port,
                 mac,
+                ..
             } => write!(
                 f,
                 "lab bridge {bridge}: VF stand-in port {vf_port}, PF port {pf_port} (MAC {mac})"
@@ -374,13 +394,16 @@ mod tests {
                 bridge: "esw0".into(),
                 vf_port: "vf0tap".into(),
                 pf_port: "pf0".into(),
+                uplink: Some("pfup0".into()),
                 mac: MAC
             }
         );
         assert_eq!(s.mac(), MAC);
+        assert_eq!(s.switch_uplink(), Some("pfup0"));
         // The uplink itself on the bridge works too.
         let s = Steering::standin_bridge(d.path(), "vf0tap", &["uplink0".into()], MAC).unwrap();
-        assert!(matches!(s, Steering::Bridge { pf_port, .. } if pf_port == "uplink0"));
+        assert!(matches!(&s, Steering::Bridge { pf_port, .. } if pf_port == "uplink0"));
+        assert_eq!(s.switch_uplink(), Some("uplink0"));
     }
 
     #[test]
@@ -412,6 +435,7 @@ mod tests {
             bridge: "esw0".into(),
             vf_port: "vf0tap".into(),
             pf_port: "pf0".into(),
+            uplink: None,
             mac: MAC,
         };
         s.prepare(d.path()).unwrap();
@@ -428,6 +452,7 @@ mod tests {
             bridge: "esw0".into(),
             vf_port: "nosuch".into(),
             pf_port: "pf0".into(),
+            uplink: None,
             mac: MAC,
         };
         let e = bad.prepare(d.path()).unwrap_err();
@@ -445,6 +470,11 @@ mod tests {
         assert!(j.contains("\"kind\":\"vf\""), "{j}");
         assert_eq!(serde_json::from_str::<Steering>(&j).unwrap(), s);
         assert_eq!(s.to_string(), "VF 3 of eth1 (MAC 52:54:00:77:00:01)");
+        assert_eq!(s.switch_uplink(), Some("eth1"));
         assert_eq!(Route::Both.to_string(), "both");
+        // A lab record written before the uplink was kept still reads.
+        let old = r#"{"kind":"bridge","bridge":"esw0","vf_port":"t","pf_port":"p","mac":"52:54:00:77:00:01"}"#;
+        let s: Steering = serde_json::from_str(old).unwrap();
+        assert_eq!(s.switch_uplink(), None);
     }
 }

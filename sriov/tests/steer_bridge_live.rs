@@ -97,6 +97,7 @@ fn in_netns_steer_checks() {
             bridge: "esw0".into(),
             vf_port: "vf0".into(),
             pf_port: "pf0".into(),
+            uplink: Some("pfup0".into()),
             mac
         }
     );
@@ -152,6 +153,7 @@ fn in_netns_steer_checks() {
         bridge: "esw0".into(),
         vf_port: "nosuchport".into(),
         pf_port: "pf0".into(),
+        uplink: None,
         mac,
     };
     let err = gone

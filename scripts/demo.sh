@@ -315,7 +315,7 @@ timings() { # --json output of vm disable|enable -> one line
   python3 -c '
 import json, sys
 v = json.load(open(sys.argv[1]))[0]
-keys = ["both_ms", "vmm_ms", "guest_on_direct_ms", "pinned_ms", "held", "total_ms"]
+keys = ["both_ms", "vmm_ms", "guest_on_direct_ms", "pinned_ms", "held", "redirected", "total_ms"]
 s = ", ".join("%s %s" % (k, v[k]) for k in keys if v.get(k) is not None)
 if v.get("announced"): s += ", announced on " + ",".join(v["announced"])
 print(s + "".join("; note: " + n for n in v.get("notes", [])))' "$1" 2>/dev/null || echo "(no timings: $(head -c 300 "$1"))"

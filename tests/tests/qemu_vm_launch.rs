@@ -403,6 +403,13 @@ fn probed_cycle(c: &FailoverCtx<'_>, rate: u32) -> ProbeReport {
     let out = c.vm_ok(&["enable", "vm1", "--json"]);
     probe.mark("enabled");
     let e = change_json(&out);
+    // What the switch held while the guest took up the primary went to the
+    // primary, out of the uplink through the lab's embedded switch.
+    let held = e["held"].as_u64().unwrap_or(0);
+    assert!(
+        held > 0 && e["redirected"].as_u64() == Some(held),
+        "enable: held frames not sent to the primary: {e}"
+    );
     c.wait_primary(true, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
     let rx2 = c.switch_rx();
@@ -473,9 +480,15 @@ fn failover(c: &FailoverCtx<'_>) {
             "{}",
             lines.last().expect("line")
         );
-        // Enable: below plain QEMU failover on this lab (49 lost at 100/s, 493 at 1000/s).
-        let baseline = if rate == 100 { 49 } else { 493 };
-        assert!(el < baseline, "{}", lines.last().expect("line"));
+        // Enable: the switch holds the standby's frames from before the plug until
+        // the guest sends over the primary, then sends them to it out of the uplink
+        // through the embedded switch; nothing is lost either (plain QEMU failover
+        // loses 49 at 100/s and 493 at 1000/s on this lab).
+        assert!(
+            el <= u64::from(rate) / 100,
+            "{}",
+            lines.last().expect("line")
+        );
     }
 
     // A silent guest (no probe running, it sends nothing) is reachable within 1 s

@@ -123,9 +123,12 @@ pub(super) struct PathChange {
     /// The MAC was pinned to the new path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pinned_ms: Option<u64>,
-    /// Frames the switch held for the guest during the unplug and then delivered.
+    /// Frames the switch held for the guest during the change and then delivered.
     #[serde(skip_serializing_if = "Option::is_none")]
     held: Option<u64>,
+    /// Of those, frames sent to the new primary through the embedded switch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirected: Option<u64>,
     /// Uplinks the switch announced the MAC on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     announced: Vec<String>,
@@ -148,6 +151,7 @@ impl PathChange {
             guest_on_direct_ms: None,
             pinned_ms: None,
             held: None,
+            redirected: None,
             announced: Vec::new(),
             total_ms: 0,
             notes: Vec::new(),
@@ -191,10 +195,17 @@ impl PathChange {
                 self.total_ms
             ));
         }
-        if let Some(h) = self.held {
-            s.push_str(&format!(
+        match (self.held, self.redirected) {
+            (Some(h), Some(r)) => s.push_str(&format!(
+                "  the switch held {h} frame(s) while the guest took up the primary, and sent {r} to it through the embedded switch\n"
+            )),
+            (Some(h), None) if self.action == "disable" => s.push_str(&format!(
                 "  the switch held {h} frame(s) for the guest while it let go of the primary\n"
-            ));
+            )),
+            (Some(h), None) => s.push_str(&format!(
+                "  the switch held {h} frame(s) while the guest took up the primary, and delivered them on the synthetic path\n"
+            )),
+            (None, _) => {}
         }
         if !self.announced.is_empty() {
             s.push_str(&format!(
@@ -213,18 +224,23 @@ fn ms_since(t0: Instant) -> u64 {
     u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Starts (`on`) or releases the switch's hold on the VM port's receive side;
-/// returns the frames held. A switch that cannot hold is logged, not fatal: the
-/// path change still works, with the guest's unplug window unprotected.
-fn hold(rec: &VmRecord, on: bool, within: Duration) -> Option<u64> {
+/// Starts (`on`) or releases the switch's hold on the VM port's receive side,
+/// releasing to the guest or, with `via`, out of that uplink (to the VF through
+/// the embedded switch); returns the frames held and, of those, sent via the
+/// uplink. A switch that cannot hold is logged, not fatal: the path change still
+/// works, with the guest's switch-over window unprotected.
+fn hold(rec: &VmRecord, on: bool, within: Duration, via: Option<&str>) -> Option<(u64, u64)> {
     let req = Request::Hold {
         port: rec.port.clone(),
         hold: on,
         // The switch ends the hold by itself if accelnet dies in between.
         max_ms: on.then(|| u64::try_from(within.as_millis()).unwrap_or(u64::MAX) + 2000),
+        via: via.map(str::to_string),
     };
     match switch_request(&rec.switch_control, &req) {
-        Ok(Response::Held { held, .. }) => Some(held),
+        Ok(Response::Held {
+            held, redirected, ..
+        }) => Some((held, redirected)),
         Ok(other) => {
             log::warn!("VM {}: the switch answered {other:?} to a hold", rec.name());
             None
@@ -404,11 +420,11 @@ async fn disable_one(
     // 1. The switch holds what it would hand the standby: between the primary's
     //    driver stopping and net_failover unregistering it, the guest drops frames
     //    on the standby. Released after DEVICE_DELETED, they are taken.
-    hold(&rec, true, timeout);
+    hold(&rec, true, timeout, None);
     // 2. Frames for the MAC to both paths: the guest takes them from the primary
     //    until it stops it, from the switch's hold after.
     if let Err(e) = route(steering, Route::Both) {
-        hold(&rec, false, timeout);
+        hold(&rec, false, timeout, None);
         return Err(e);
     }
     change.both_ms = Some(ms_since(t0));
@@ -419,7 +435,7 @@ async fn disable_one(
             Ok(true) => {
                 // The guest still has its primary: keep the MAC there, and the
                 // standby gets its frames again.
-                hold(&rec, false, timeout);
+                hold(&rec, false, timeout, None);
                 route(steering, Route::Direct)?;
                 Err(anyhow::Error::new(e).context(format!(
                     "the direct path could not be removed; VM {name} stays on it"
@@ -434,7 +450,7 @@ async fn disable_one(
             }
             Err(e2) => {
                 // The VMM is gone or unreachable: nothing carries the VM any more.
-                hold(&rec, false, timeout);
+                hold(&rec, false, timeout, None);
                 route(steering, Route::Synthetic).ok();
                 Err(anyhow::Error::new(e).context(format!(
                     "unplugging failed and the VMM does not answer ({e2})"
@@ -457,7 +473,7 @@ async fn finish_disable(
 ) -> anyhow::Result<()> {
     let name = rec.name();
     let pinned = route(rec.steering.as_ref(), Route::Synthetic);
-    change.held = hold(rec, false, Duration::ZERO);
+    change.held = hold(rec, false, Duration::ZERO, None).map(|(held, _)| held);
     pinned?;
     change.pinned_ms = Some(ms_since(t0));
     let mac: MacAddr = rec.spec.nic.mac.parse()?;
@@ -592,30 +608,48 @@ async fn enable_one(
         }
     };
     let class_net = Path::new(CLASS_NET);
+    let settle = Duration::from_secs(a.settle);
     let t0 = Instant::now();
-    // 2. The MAC to both paths (a NIC keeps it on the VF: the guest pairs by it).
+    let sent_before = steering.direct_tx_frames(class_net);
+    // 2. Where the host sees the guest's first frame over the primary, the switch
+    //    holds what it would hand the standby from now on: once net_failover has
+    //    registered the primary it drops the standby's frames, and the primary
+    //    takes none until its driver is up. Released after the switch-over, out of
+    //    the uplink, so the embedded switch hands them to the primary.
+    let uplink = steering
+        .switch_uplink()
+        .filter(|_| sent_before.is_some())
+        .map(str::to_string);
+    let holding = uplink.is_some() && hold(&rec, true, settle, None).is_some();
+    let unhold = || {
+        if holding {
+            hold(&rec, false, Duration::ZERO, None);
+        }
+    };
+    // 3. The MAC to both paths (a NIC keeps it on the VF: the guest pairs by it).
     if let Err(e) = route(Some(&steering), Route::Both) {
+        unhold();
         give_back(paths);
         return Err(e);
     }
     change.both_ms = Some(ms_since(t0));
-    let sent_before = steering.direct_tx_frames(class_net);
-    // 3. Plug the primary.
+    // 4. Plug the primary.
     if let Err(e) = vmm.attach_direct(&path).await {
         let e = seed(e);
         if let Err(e2) = route(Some(&steering), Route::Synthetic) {
             log::warn!("VM {name}: cannot steer back to the synthetic path: {e2:#}");
         }
+        unhold();
         give_back(paths);
         return Err(e.context(format!(
             "the direct path could not be plugged; VM {name} stays on the synthetic path"
         )));
     }
     change.vmm_ms = Some(ms_since(t0));
-    // 4. Wait until the guest sends over the primary: then its link is up and
+    // 5. Wait until the guest sends over the primary: then its link is up and
     //    net_failover uses it; pin the MAC there.
     if let Some(before) = sent_before {
-        let deadline = Instant::now() + Duration::from_secs(a.settle);
+        let deadline = Instant::now() + settle;
         loop {
             if steering
                 .direct_tx_frames(class_net)
@@ -634,7 +668,17 @@ async fn enable_one(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    route(Some(&steering), Route::Direct)?;
+    let pinned = route(Some(&steering), Route::Direct);
+    if holding {
+        // Pinned: out of the uplink they reach the primary. Not pinned: the
+        // standby still has the MAC, so they go to the guest.
+        let via = uplink.as_deref().filter(|_| pinned.is_ok());
+        if let Some((held, redirected)) = hold(&rec, false, Duration::ZERO, via) {
+            change.held = Some(held);
+            change.redirected = via.map(|_| redirected);
+        }
+    }
+    pinned?;
     change.pinned_ms = Some(ms_since(t0));
     change.total_ms = ms_since(t0);
     if queue_pairs != rec.spec.nic.queue_pairs {

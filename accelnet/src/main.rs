@@ -29,6 +29,8 @@ enum Command {
     Cluster(cluster_cmd::ClusterArgs),
     /// Launch, list and stop VMs with the VF + synthetic pair.
     Vm(vm::VmArgs),
+    /// This node's agent (the destination side of live migrations).
+    Node(vm::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +52,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sriov(args) => sriov_cmd::run(args),
         Command::Cluster(args) => cluster_cmd::run(args),
         Command::Vm(args) => vm::run(args),
+        Command::Node(args) => vm::run_node(args),
     }
 }

@@ -461,8 +461,10 @@ pub trait SwitchOps: Send + Sync {
     /// for the VM are kept, not handed to a standby the guest ignores).
     async fn hold(&self, vm: &VmNet) -> Result<(), OpError>;
 
-    /// Ends the hold, delivering the held frames in order; returns how many.
-    async fn release_hold(&self, vm: &VmNet) -> Result<u64, OpError>;
+    /// Ends the hold, delivering the held frames in order onto the path that now
+    /// carries the VM (the direct path: out of the uplink, so the embedded switch
+    /// hands them to the VF); returns how many.
+    async fn release_hold(&self, vm: &VmNet, onto: PathKind) -> Result<u64, OpError>;
 
     /// Announces the VM's MAC on the uplinks (RARP / GUEST_ANNOUNCE).
     async fn announce(&self, vm: &VmNet) -> Result<(), OpError>;
@@ -1138,7 +1140,7 @@ impl<'m, 'a> Run<'m, 'a> {
         let mut outcome = StepOutcome::Done;
         if self.done.src_held {
             self.done.src_held = false;
-            if let Err(e) = s.switch.release_hold(vm).await {
+            if let Err(e) = s.switch.release_hold(vm, PathKind::Synthetic).await {
                 self.warn(format!(
                     "the switch at the source {} did not release its hold: {e}",
                     s.name
@@ -1227,7 +1229,11 @@ impl<'m, 'a> Run<'m, 'a> {
         };
         let res = self.plug_inner(host, grant).await;
         if held {
-            if let Err(e) = host.switch.release_hold(vm).await {
+            let onto = match res {
+                Plugged::Direct | Plugged::DirectUnverified(_) => PathKind::Direct,
+                Plugged::Synthetic(_) => PathKind::Synthetic,
+            };
+            if let Err(e) = host.switch.release_hold(vm, onto).await {
                 self.warn(format!(
                     "the switch at {} did not release its hold: {e}",
                     host.name
@@ -1490,7 +1496,7 @@ impl<'m, 'a> Run<'m, 'a> {
                     );
                     if self.done.src_held {
                         self.done.src_held = false;
-                        let r = s.switch.release_hold(vm).await.map(|_| ());
+                        let r = s.switch.release_hold(vm, path).await.map(|_| ());
                         note(
                             &mut undone,
                             &mut errors,
@@ -1502,7 +1508,11 @@ impl<'m, 'a> Run<'m, 'a> {
                 Ok(false) => {
                     if self.done.src_held {
                         self.done.src_held = false;
-                        let r = s.switch.release_hold(vm).await.map(|_| ());
+                        let r = s
+                            .switch
+                            .release_hold(vm, PathKind::Synthetic)
+                            .await
+                            .map(|_| ());
                         note(
                             &mut undone,
                             &mut errors,
@@ -1541,7 +1551,11 @@ impl<'m, 'a> Run<'m, 'a> {
                     ));
                     if self.done.src_held {
                         self.done.src_held = false;
-                        let r = s.switch.release_hold(vm).await.map(|_| ());
+                        let r = s
+                            .switch
+                            .release_hold(vm, PathKind::Synthetic)
+                            .await
+                            .map(|_| ());
                         note(
                             &mut undone,
                             &mut errors,
@@ -1553,7 +1567,11 @@ impl<'m, 'a> Run<'m, 'a> {
             }
         } else if self.done.src_held {
             self.done.src_held = false;
-            let r = s.switch.release_hold(vm).await.map(|_| ());
+            let r = s
+                .switch
+                .release_hold(vm, PathKind::Synthetic)
+                .await
+                .map(|_| ());
             note(
                 &mut undone,
                 &mut errors,

@@ -7,6 +7,7 @@
 //! the reason; a crash in between is found by the next command (`VmStore::repair`).
 
 mod path;
+pub mod agent;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -42,8 +43,71 @@ pub struct VmArgs {
     command: VmCommand,
 }
 
-/// Where accelnet keeps its state; the same for every `vm` subcommand.
+/// Arguments of `accelnet node`.
 #[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    paths: Paths,
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Run this node's agent: the destination side of live migrations.
+    Agent(AgentArgs),
+}
+
+/// Arguments of `accelnet node agent`.
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// The agent's socket (what `accelnet vm migrate --to` names).
+    #[arg(long, value_name = "PATH")]
+    listen: PathBuf,
+    /// Control socket of this node's switch.
+    #[arg(long, value_name = "PATH")]
+    switch_control: PathBuf,
+    /// A VF stand-in of this node (lab: a tap on the embedded-switch bridge) that
+    /// incoming VMs may take (repeatable).
+    #[arg(long, value_name = "TAP")]
+    standin_tap: Vec<String>,
+    /// The VMM binary for incoming VMs (default: as `vm launch`).
+    #[arg(long, value_name = "PATH")]
+    vmm_binary: Option<PathBuf>,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    node: Option<String>,
+}
+
+/// Runs `accelnet node ...`.
+pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        match args.command {
+            NodeCommand::Agent(a) => {
+                let node = match a.node {
+                    Some(n) => n,
+                    None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map_or_else(|_| "localhost".into(), |s| s.trim().to_string()),
+                };
+                let cfg = agent::AgentConfig {
+                    paths: args.paths,
+                    switch_control: a.switch_control,
+                    standin_taps: a.standin_tap,
+                    vmm_binary: a.vmm_binary,
+                    node,
+                };
+                agent::serve(cfg, &a.listen).await
+            }
+        }
+    })
+}
+
+/// Where accelnet keeps its state; the same for every `vm` subcommand.
+#[derive(Debug, Clone, Args)]
 struct Paths {
     /// The VM store (an embedded single-file database).
     #[arg(long, value_name = "FILE", default_value = store::DEFAULT_PATH, global = true)]
@@ -100,6 +164,15 @@ enum VmmArg {
     CloudHypervisor,
 }
 
+impl From<VmmKind> for VmmArg {
+    fn from(v: VmmKind) -> VmmArg {
+        match v {
+            VmmKind::Qemu => VmmArg::Qemu,
+            VmmKind::CloudHypervisor => VmmArg::CloudHypervisor,
+        }
+    }
+}
+
 impl From<VmmArg> for VmmKind {
     fn from(v: VmmArg) -> VmmKind {
         match v {
@@ -114,6 +187,15 @@ impl From<VmmArg> for VmmKind {
 enum ModelArg {
     E1000e,
     Igb,
+}
+
+impl From<StandinModel> for ModelArg {
+    fn from(m: StandinModel) -> ModelArg {
+        match m {
+            StandinModel::E1000e => ModelArg::E1000e,
+            StandinModel::Igb => ModelArg::Igb,
+        }
+    }
 }
 
 impl From<ModelArg> for StandinModel {
@@ -183,6 +265,19 @@ struct LaunchArgs {
     /// Print the record as JSON.
     #[arg(long)]
     json: bool,
+    /// Set by a live migration's destination (the node agent), never by the CLI.
+    #[arg(skip)]
+    incoming: Option<Incoming>,
+}
+
+/// A launch that takes the VM in from a live migration: the VMM starts paused on
+/// `uri` without the direct path, which is reserved and plugged after the switchover.
+#[derive(Debug, Clone)]
+struct Incoming {
+    /// Where the VMM listens for the migration stream (`unix:PATH`).
+    pub uri: String,
+    /// The source's queue pairs: the device must match it exactly.
+    pub queue_pairs: u16,
 }
 
 /// Performance tiers, as the seed names them.
@@ -199,6 +294,16 @@ impl From<TierArg> for Tier {
             TierArg::Low => Tier::Low,
             TierArg::Medium => Tier::Medium,
             TierArg::High => Tier::High,
+        }
+    }
+}
+
+impl From<Tier> for TierArg {
+    fn from(t: Tier) -> TierArg {
+        match t {
+            Tier::Low => TierArg::Low,
+            Tier::Medium => TierArg::Medium,
+            Tier::High => TierArg::High,
         }
     }
 }
@@ -472,6 +577,46 @@ impl Undo {
 }
 
 async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Result<()> {
+    let rec = launch_record(store, paths, a).await?;
+    if a.json {
+        return print(&json(&rec)?);
+    }
+    let mut out = format!(
+        "VM {} running on {} (pid {}), MAC {}, {} queue pair(s)\n  synthetic path: switch port {} ({})\n",
+        rec.name(),
+        rec.vmm,
+        rec.pid.map_or("-".into(), |p| p.to_string()),
+        rec.spec.nic.mac,
+        rec.spec.nic.queue_pairs,
+        rec.port,
+        rec.spec.nic.socket.display()
+    );
+    match &rec.spec.direct {
+        Some(DirectPath::Vf { pci }) => out.push_str(&format!("  direct path: VF {pci} (vfio-pci)\n")),
+        Some(DirectPath::Standin { tap, model }) => out.push_str(&format!(
+            "  direct path: lab stand-in {} on tap {tap} (not a VF)\n",
+            model.qemu_device()
+        )),
+        None => out.push_str("  direct path: none (not accelerated)\n"),
+    }
+    if rec.vmm == VmmKind::CloudHypervisor && rec.spec.direct.is_some() {
+        out.push_str(
+            "  note: cloud-hypervisor has no virtio-net STANDBY (failover) support: the guest \
+             sees two NICs, and accelnet switches paths itself (removes the VF, makes the \
+             synthetic path carry the MAC, re-adds it)\n",
+        );
+    }
+    print(&out)
+}
+
+/// Launches the VM of `a` (or, with `a.incoming`, starts its migration
+/// destination) and records it; on failure everything it set up is undone and
+/// the record says why.
+async fn launch_record(
+    store: &VmStore,
+    paths: &Paths,
+    a: &LaunchArgs,
+) -> anyhow::Result<VmRecord> {
     check_name(&a.name)?;
     let root = SysfsRoot::new(&paths.sysfs_root);
     let vmm: VmmKind = a.vmm.into();
@@ -493,6 +638,8 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
         Some(t) => tier_queue_pairs(paths, &a.name, a.vcpus, t, None)?,
         None => a.queues,
     };
+    // A migration's destination device must be the source's.
+    let queue_pairs = a.incoming.as_ref().map_or(queue_pairs, |i| i.queue_pairs);
     let mac = a.mac.unwrap_or_else(|| mac_for(&a.name));
     if mac.is_multicast() || mac.is_zero() {
         bail!("--mac {mac}: a VM needs a unicast, non-zero MAC");
@@ -537,6 +684,7 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
         performance: tier,
         port: a.name.clone(),
         switch_control: a.switch_control.clone(),
+        vlan: a.vlan,
         vf: None,
         direct: if has_direct {
             DirectState::Attached
@@ -556,39 +704,7 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
     let mut undo = Undo::default();
     let res = launch_steps(store, paths, a, &root, &mut rec, &mut undo).await;
     match res {
-        Ok(()) => {
-            if a.json {
-                return print(&json(&rec)?);
-            }
-            let mut out = format!(
-                "VM {} running on {} (pid {}), MAC {}, {} queue pair(s)\n  synthetic path: switch port {} ({})\n",
-                rec.name(),
-                rec.vmm,
-                rec.pid.map_or("-".into(), |p| p.to_string()),
-                rec.spec.nic.mac,
-                queue_pairs,
-                rec.port,
-                rec.spec.nic.socket.display()
-            );
-            match &rec.spec.direct {
-                Some(DirectPath::Vf { pci }) => {
-                    out.push_str(&format!("  direct path: VF {pci} (vfio-pci)\n"))
-                }
-                Some(DirectPath::Standin { tap, model }) => out.push_str(&format!(
-                    "  direct path: lab stand-in {} on tap {tap} (not a VF)\n",
-                    model.qemu_device()
-                )),
-                None => out.push_str("  direct path: none (not accelerated)\n"),
-            }
-            if rec.vmm == VmmKind::CloudHypervisor && rec.spec.direct.is_some() {
-                out.push_str(
-                    "  note: cloud-hypervisor has no virtio-net STANDBY (failover) support: the guest \
-                     sees two NICs, and accelnet switches paths itself (removes the VF, makes the \
-                     synthetic path carry the MAC, re-adds it)\n",
-                );
-            }
-            print(&out)
-        }
+        Ok(()) => Ok(rec),
         Err(e) => {
             undo.run(paths, &a.name).await;
             let reason = format!("{e:#}");
@@ -656,7 +772,8 @@ async fn launch_steps(
     switch_request(&rec.switch_control, &Request::PortAdd { port })?;
     undo.port = Some((rec.switch_control.clone(), rec.port.clone()));
     // 3. The embedded switch sends the VM's MAC to the direct path, which QEMU
-    //    plugs from the start.
+    //    plugs from the start; a migration's destination keeps it on the switch
+    //    until the direct path is plugged after the switchover.
     let steering = match &rec.spec.direct {
         Some(DirectPath::Standin { tap, .. }) => {
             Some(path::standin_steering(&rec.switch_control, tap, mac)?)
@@ -669,16 +786,35 @@ async fn launch_steps(
     };
     if let Some(s) = &steering {
         undo.steering = Some(s.clone());
-        path::route(Some(s), sriov::steer::Route::Direct)?;
+        let to = if a.incoming.is_some() {
+            sriov::steer::Route::Synthetic
+        } else {
+            sriov::steer::Route::Direct
+        };
+        path::route(Some(s), to)?;
         rec.steering = Some(s.clone());
         store.update(rec.name(), |r| {
             r.steering = Some(s.clone());
             Ok(())
         })?;
     }
-    // 4. The VMM.
-    let mut vmm = vmm_for(rec, a.vmm_binary.as_deref(), false).await?;
+    // 4. The VMM; a destination starts paused, without the direct path (the
+    //    source unplugged its own), listening for the migration stream.
+    let vmm_rec = match &a.incoming {
+        Some(_) => {
+            let mut r = rec.clone();
+            r.spec.direct = None;
+            r.spec.incoming = true;
+            r
+        }
+        None => rec.clone(),
+    };
+    let mut vmm = vmm_for(&vmm_rec, a.vmm_binary.as_deref(), false).await?;
     let started = vmm.start().await;
+    let started = match (started, &a.incoming) {
+        (Ok(()), Some(i)) => vmm.receive_migration(&i.uri).await,
+        (other, _) => other,
+    };
     let status = match started {
         Ok(()) => vmm.status().await,
         Err(e) => Err(e),
@@ -689,12 +825,17 @@ async fn launch_steps(
     rec.start_time = status
         .pid
         .and_then(|p| sriov::pool::process_start_time(Path::new("/proc"), p));
-    rec.phase = Phase::Running;
+    let (phase, direct) = match (&a.incoming, rec.direct) {
+        (Some(_), DirectState::Attached) => (Phase::Incoming, DirectState::Detached),
+        (Some(_), d) => (Phase::Incoming, d),
+        (None, d) => (Phase::Running, d),
+    };
     let (pid, start_time) = (rec.pid, rec.start_time);
     *rec = store.update(rec.name(), |r| {
         r.pid = pid;
         r.start_time = start_time;
-        r.phase = Phase::Running;
+        r.phase = phase.clone();
+        r.direct = direct;
         Ok(())
     })?;
     // Launched: nothing to undo any more. The VMM handle is dropped without

@@ -72,6 +72,21 @@ pub(super) struct EnableArgs {
     json: bool,
 }
 
+impl EnableArgs {
+    /// Enable VM `name` with what it was launched (or admitted) with.
+    pub(super) fn for_vm(name: &str, settle: u64) -> EnableArgs {
+        EnableArgs {
+            names: vec![name.to_string()],
+            performance: None,
+            vf: None,
+            vf_standin: None,
+            standin_model: ModelArg::E1000e,
+            settle,
+            json: true,
+        }
+    }
+}
+
 /// Arguments of `accelnet vm disable`.
 #[derive(Debug, Args)]
 pub(super) struct DisableArgs {
@@ -523,7 +538,7 @@ pub(super) async fn enable(store: &VmStore, paths: &Paths, a: &EnableArgs) -> an
     out.finish()
 }
 
-async fn enable_one(
+pub(super) async fn enable_one(
     store: &VmStore,
     paths: &Paths,
     name: &str,
@@ -582,9 +597,17 @@ async fn enable_one(
             )
         }
         (None, Some(want)) => {
-            let root = SysfsRoot::new(&paths.sysfs_root);
-            let vf = allocate_vf(paths, &root, name, want, Some(tier), mac)?;
-            taken_vf = Some(vf.vf.clone());
+            // A VF the VM already holds (reserved by a migration's admission) is
+            // used as it is; otherwise one is taken from the pool.
+            let vf = match held_vf(paths, &rec)? {
+                Some(vf) => vf,
+                None => {
+                    let root = SysfsRoot::new(&paths.sysfs_root);
+                    let vf = allocate_vf(paths, &root, name, want, Some(tier), mac)?;
+                    taken_vf = Some(vf.vf.clone());
+                    vf
+                }
+            };
             let s = vf_steering(&vf, mac)?;
             (DirectPath::Vf { pci: vf.vf.clone() }, s)
         }
@@ -700,6 +723,26 @@ async fn enable_one(
         Ok(())
     })?;
     Ok(change)
+}
+
+/// The pool's record of the VF `rec` holds, if it holds one.
+fn held_vf(paths: &Paths, rec: &VmRecord) -> anyhow::Result<Option<PoolVf>> {
+    let Some(vf) = &rec.vf else {
+        return Ok(None);
+    };
+    let entry = open_pool(paths)?
+        .list()?
+        .into_iter()
+        .find(|e| e.vf.vf == *vf)
+        .with_context(|| format!("VF {vf} of VM {} is not in the pool", rec.name()))?;
+    match entry.state.owner() {
+        Some(o) if o.vm == rec.name() => Ok(Some(entry.vf)),
+        _ => bail!(
+            "VF {vf} is recorded for VM {} but the pool says it is {}",
+            rec.name(),
+            entry.state.kind()
+        ),
+    }
 }
 
 /// `accelnet vm set`.

@@ -37,6 +37,11 @@ pub enum Phase {
     Launching,
     /// The VMM runs it.
     Running,
+    /// Destination of a live migration: the VMM waits for (or takes in) the
+    /// migration stream; the source still runs the VM.
+    Incoming,
+    /// Source of a live migration in progress.
+    Migrating,
     /// `accelnet vm stop` is stopping it.
     Stopping,
     /// Stopped (by accelnet, or found dead).
@@ -54,6 +59,8 @@ impl Phase {
         match self {
             Phase::Launching => "launching",
             Phase::Running => "running",
+            Phase::Incoming => "incoming",
+            Phase::Migrating => "migrating",
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
             Phase::Failed { .. } => "failed",
@@ -89,6 +96,9 @@ pub struct VmRecord {
     pub port: String,
     /// The switch's control socket.
     pub switch_control: PathBuf,
+    /// Access VLAN of its switch port.
+    #[serde(default = "default_vlan")]
+    pub vlan: u16,
     /// The VF it holds from the pool, if any.
     #[serde(default)]
     pub vf: Option<String>,
@@ -377,8 +387,11 @@ impl VmStore {
                 Phase::Launching => Phase::Failed {
                     reason: "the launch did not finish (accelnet or the VMM stopped)".into(),
                 },
-                Phase::Running => Phase::Failed {
+                Phase::Running | Phase::Migrating => Phase::Failed {
                     reason: "the VMM process is gone".into(),
+                },
+                Phase::Incoming => Phase::Failed {
+                    reason: "the incoming migration did not finish (its VMM is gone)".into(),
                 },
                 Phase::Stopping => Phase::Stopped,
                 Phase::Stopped | Phase::Failed { .. } => continue,
@@ -398,6 +411,10 @@ impl VmStore {
         }
         Ok(changed)
     }
+}
+
+fn default_vlan() -> u16 {
+    1
 }
 
 /// Seconds since the epoch.

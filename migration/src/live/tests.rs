@@ -203,8 +203,8 @@ impl SwitchOps for FakeHost {
         self.call("switch.hold")
     }
 
-    async fn release_hold(&self, _vm: &VmNet) -> Result<u64, OpError> {
-        self.call("switch.release_hold")?;
+    async fn release_hold(&self, _vm: &VmNet, onto: PathKind) -> Result<u64, OpError> {
+        self.call(format!("switch.release_hold {onto}"))?;
         Ok(3)
     }
 
@@ -318,7 +318,7 @@ const STEER_UNPLUG: [&str; 4] = [
     "src.switch.hold",
     "src.vf.route synthetic",
     "src.vmm.unplug_direct 20s",
-    "src.switch.release_hold",
+    "src.switch.release_hold synthetic",
 ];
 
 const DEST_TEARDOWN: [&str; 3] = ["dst.vmm.stop", "dst.vf.release", "dst.switch.remove_port"];
@@ -329,7 +329,7 @@ const SRC_REPLUG: [&str; 6] = [
     "src.vmm.plug_direct vf:src-0000:3b:02.1",
     "src.vf.wait_guest_traffic 10s",
     "src.vf.route direct",
-    "src.switch.release_hold",
+    "src.switch.release_hold direct",
 ];
 
 fn strs(v: &[&str]) -> Vec<String> {
@@ -365,7 +365,7 @@ async fn migrates_with_every_step_in_order() {
                 "dst.vmm.plug_direct vf:dst-0000:3b:02.1",
                 "dst.vf.wait_guest_traffic 10s",
                 "dst.vf.route direct",
-                "dst.switch.release_hold",
+                "dst.switch.release_hold direct",
                 "src.vmm.stop",
                 "src.vf.release",
                 "src.switch.remove_port",
@@ -541,7 +541,7 @@ async fn steer_failure_puts_the_mac_back_on_the_source_vf() {
             &[
                 "src.vmm.direct_attached",
                 "src.vf.route direct",
-                "src.switch.release_hold"
+                "src.switch.release_hold direct"
             ],
         ])
     );
@@ -577,7 +577,7 @@ async fn unplug_never_acknowledged_keeps_the_vm_on_its_source_vf() {
             &[
                 "src.vmm.direct_attached",
                 "src.vf.route direct",
-                "src.switch.release_hold"
+                "src.switch.release_hold direct"
             ],
         ])
     );
@@ -608,7 +608,10 @@ async fn unplug_error_after_the_guest_let_go_replugs_the_source_vf() {
         concat(&[
             &["src.vmm.unplug_direct 20s"],
             &DEST_TEARDOWN,
-            &["src.vmm.direct_attached", "src.switch.release_hold"],
+            &[
+                "src.vmm.direct_attached",
+                "src.switch.release_hold synthetic"
+            ],
             &SRC_REPLUG,
         ])
     );
@@ -798,7 +801,7 @@ async fn destination_plug_failure_leaves_the_vm_on_the_synthetic_path() {
             "dst.vf.route both",
             "dst.vmm.plug_direct vf:dst-0000:3b:02.1",
             "dst.vf.route synthetic",
-            "dst.switch.release_hold",
+            "dst.switch.release_hold synthetic",
             "dst.vf.release",
             "src.vmm.stop",
             "src.vf.release",
@@ -831,7 +834,7 @@ async fn guest_not_using_the_destination_primary_goes_back_to_synthetic() {
             "dst.vf.wait_guest_traffic 10s",
             "dst.vmm.unplug_direct 20s",
             "dst.vf.route synthetic",
-            "dst.switch.release_hold",
+            "dst.switch.release_hold synthetic",
             "dst.vf.release",
             "src.vmm.stop",
             "src.vf.release",
@@ -859,7 +862,7 @@ async fn unverified_primary_that_cannot_be_unplugged_keeps_the_mac() {
         strs(&[
             "dst.vmm.unplug_direct 20s",
             "dst.vf.route direct",
-            "dst.switch.release_hold"
+            "dst.switch.release_hold direct"
         ])
     );
     assert!(!w.log().contains(&"dst.vf.release".to_string()));
@@ -899,7 +902,10 @@ async fn switch_without_hold_is_a_warning_not_a_failure() {
     let report = w.run(&plan(true, true)).await.expect("migrates");
     assert_eq!(report.steps[1].outcome, StepOutcome::Warning);
     // No hold taken at the source: none released there.
-    assert!(!w.log().contains(&"src.switch.release_hold".to_string()));
+    assert!(!w
+        .log()
+        .iter()
+        .any(|l| l.starts_with("src.switch.release_hold")));
     assert!(report.warnings[0].starts_with("the switch at the source hostA cannot hold"));
 }
 

@@ -29,6 +29,25 @@ use serde_json::Value;
 const MAC: &str = "52:54:00:77:00:01";
 const GUEST_IP: &str = "10.99.0.2";
 
+/// The host's embedded switch: physical port uplink0, the PF (pf0 ~ pfup0) and the
+/// VF stand-in's tap, on bridge esw0.
+fn lay_out_sriov_host(ns: &str) {
+    for cmd in [
+        "ip link add esw0 type bridge stp_state 0 forward_delay 0",
+        "ip link set esw0 up",
+        "ip link set uplink0 master esw0",
+        "ip link add pf0 type veth peer name pfup0",
+        "ip link set pf0 master esw0",
+        "ip link set pf0 up",
+        "ip link set pfup0 up",
+        "ip tuntap add dev vf0tap mode tap",
+        "ip link set vf0tap master esw0",
+        "ip link set vf0tap up",
+    ] {
+        in_ns(ns, &cmd.split(' ').collect::<Vec<_>>());
+    }
+}
+
 /// Runs `argv` in netns `ns`; panics unless it exits with 0.
 fn in_ns(ns: &str, argv: &[&str]) -> String {
     let mut all = vec!["ip", "netns", "exec", ns];
@@ -95,27 +114,17 @@ fn switch_stats(ns: &str, bin: &Path, ctl: &str, port: &str) -> (u64, u64) {
 }
 
 #[test]
-fn qemu_vm_launch_failover_disable_enable_and_stop() {
+fn qemu_vm_launch_failover_migrate_and_stop() {
     let lab = Lab::new("qemu_vm_launch").unwrap_or_else(|e| panic!("{e}"));
     let bin = accelnet_binary().unwrap_or_else(|e| panic!("{e}"));
     let wire = Wire::create().unwrap_or_else(|e| panic!("{e}"));
     let host = wire.add_host().unwrap_or_else(|e| panic!("{e}"));
     let ns = host.netns();
-    // The host's embedded switch: physical port uplink0, the PF (pf0 ~ pfup0) and the VF tap.
-    for cmd in [
-        "ip link add esw0 type bridge stp_state 0 forward_delay 0",
-        "ip link set esw0 up",
-        "ip link set uplink0 master esw0",
-        "ip link add pf0 type veth peer name pfup0",
-        "ip link set pf0 master esw0",
-        "ip link set pf0 up",
-        "ip link set pfup0 up",
-        "ip tuntap add dev vf0tap mode tap",
-        "ip link set vf0tap master esw0",
-        "ip link set vf0tap up",
-    ] {
-        in_ns(ns, &cmd.split(' ').collect::<Vec<_>>());
-    }
+    lay_out_sriov_host(ns);
+    // Host B, the live migration's other end: the same layout in its own netns.
+    let host_b = wire.add_host().unwrap_or_else(|e| panic!("{e}"));
+    let ns_b = host_b.netns();
+    lay_out_sriov_host(ns_b);
     let run = lab.run_dir().to_path_buf();
     let ctl = run.join("switch.ctl");
     let ctl_s = ctl.to_string_lossy().into_owned();
@@ -145,6 +154,57 @@ fn qemu_vm_launch_failover_disable_enable_and_stop() {
         }
     }
     let _kill = KillVms(vms.clone());
+    // Host B: its own switch, state and VM directory; both hosts run a node agent.
+    let run_b = run.join("b");
+    std::fs::create_dir_all(&run_b).unwrap_or_else(|e| panic!("{e}"));
+    let logs_b = lab.log_dir().join("hostB");
+    std::fs::create_dir_all(&logs_b).unwrap_or_else(|e| panic!("{e}"));
+    let ctl_b = run_b.join("switch.ctl");
+    let ctl_b_s = ctl_b.to_string_lossy().into_owned();
+    let mut sw_b = SwitchProcess::start_in(
+        Some(ns_b),
+        &logs_b,
+        &[
+            "--uplink".into(),
+            "pfup0".into(),
+            "--control".into(),
+            ctl_b_s.clone(),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    sw_b.wait_path(&ctl_b, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let state_b = |p: &str| run_b.join(p).to_string_lossy().into_owned();
+    let (store_b, pool_b, vms_b) = (state_b("vms.redb"), state_b("pool"), state_b("vms"));
+    let _kill_b = KillVms(vms_b.clone());
+    let common_b = [
+        "--store",
+        store_b.as_str(),
+        "--pool-dir",
+        pool_b.as_str(),
+        "--run-dir",
+        vms_b.as_str(),
+    ];
+    let agent_a = run.join("agent.sock");
+    let agent_b = run_b.join("agent.sock");
+    let _agents = [
+        Agent::start(
+            ns,
+            &bin,
+            &agent_a,
+            &ctl_s,
+            &[&store, &pool, &vms],
+            lab.log_dir(),
+        ),
+        Agent::start(
+            ns_b,
+            &bin,
+            &agent_b,
+            &ctl_b_s,
+            &[&store_b, &pool_b, &vms_b],
+            &logs_b,
+        ),
+    ];
     let kernel = lab.kernel().to_string_lossy().into_owned();
     let initrd = lab.initrd().to_string_lossy().into_owned();
     let append = format!(
@@ -283,7 +343,7 @@ fn qemu_vm_launch_failover_disable_enable_and_stop() {
         "{out}"
     );
 
-    failover(&FailoverCtx {
+    let fctx = FailoverCtx {
         ns,
         bin: &bin,
         ctl: &ctl_s,
@@ -291,7 +351,39 @@ fn qemu_vm_launch_failover_disable_enable_and_stop() {
         wire: &wire,
         console: &console,
         qmp: &PathBuf::from(&vms).join("vm1/vm1.qmp"),
+    };
+    failover(&fctx);
+
+    migrate_there_and_back(&MigrateCtx {
+        a: Side {
+            ns,
+            common: &common,
+            ctl: &ctl_s,
+            vms: &vms,
+            agent: &agent_a,
+        },
+        b: Side {
+            ns: ns_b,
+            common: &common_b,
+            ctl: &ctl_b_s,
+            vms: &vms_b,
+            agent: &agent_b,
+        },
+        bin: &bin,
+        wire: &wire,
     });
+    failover_faults(&fctx);
+    // vm1 is back on host A, with a new QEMU.
+    let mut args = vec!["vm", "list", "--json"];
+    args.extend_from_slice(&common);
+    let (_, out) = accelnet(ns, &bin, &args);
+    let list: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let pid = list
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == "vm1"))
+        .and_then(|v| v["pid"].as_u64())
+        .unwrap_or_else(|| panic!("vm1 not running on A after the round trip: {out}"));
+    drop(sw_b);
 
     // Stop: QEMU gone, switch port gone, record stopped.
     let mut args = vec!["vm", "stop", "vm1"];
@@ -519,6 +611,11 @@ fn failover(c: &FailoverCtx<'_>) {
         c.wait_primary(action == "enable", Duration::from_secs(30));
     }
 
+    log(format!("failover results:\n{}", lines.join("\n")));
+}
+
+/// Path changes that fail mid-way, each leaving the VM reachable.
+fn failover_faults(c: &FailoverCtx<'_>) {
     // A QMP failure mid-way: the "stand-in" is not a tap, so QEMU refuses it after
     // the MAC went to both paths. The VM must stay on the synthetic path, reachable.
     c.vm_ok(&["disable", "vm1"]);
@@ -563,5 +660,261 @@ fn failover(c: &FailoverCtx<'_>) {
     let (st, out) = c.vm(&["enable", "vm1"]);
     assert_eq!(st, 1, "{out}");
     assert!(out.contains("Get_network_adapter_failed"), "{out}");
-    log(format!("failover results:\n{}", lines.join("\n")));
+}
+
+/// `accelnet node agent` of one host, killed on drop.
+struct Agent(std::process::Child);
+
+impl Agent {
+    /// Starts the agent in `ns` on `sock`, with the host's store, pool and VM
+    /// directory (`state`), logging to `<logs>/agent.log`; waits for its socket.
+    fn start(
+        ns: &str,
+        bin: &Path,
+        sock: &Path,
+        ctl: &str,
+        state: &[&str; 3],
+        logs: &Path,
+    ) -> Agent {
+        let log = std::fs::File::create(logs.join("agent.log")).unwrap_or_else(|e| panic!("{e}"));
+        let err = log.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .args(["node", "agent", "--listen"])
+            .arg(sock)
+            .args([
+                "--switch-control",
+                ctl,
+                "--standin-tap",
+                "vf0tap",
+                "--node",
+                ns,
+            ])
+            .args([
+                "--store",
+                state[0],
+                "--pool-dir",
+                state[1],
+                "--run-dir",
+                state[2],
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the node agent: {e}"));
+        let agent = Agent(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "node agent socket {} missing",
+                sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One host of the migration checks.
+struct Side<'a> {
+    ns: &'a str,
+    common: &'a [&'a str],
+    ctl: &'a str,
+    vms: &'a str,
+    agent: &'a Path,
+}
+
+struct MigrateCtx<'a> {
+    a: Side<'a>,
+    b: Side<'a>,
+    bin: &'a Path,
+    wire: &'a Wire,
+}
+
+impl MigrateCtx<'_> {
+    /// `accelnet vm ARGS` on `side`: (exit status, output).
+    fn vm(&self, side: &Side<'_>, args: &[&str]) -> (i32, String) {
+        let mut all = vec!["vm"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(side.common);
+        accelnet(side.ns, self.bin, &all)
+    }
+
+    /// vm1's record on `side`, if it has one.
+    fn record(&self, side: &Side<'_>) -> Option<Value> {
+        let (st, out) = self.vm(side, &["list", "--json"]);
+        assert_eq!(st, 0, "{out}");
+        let list: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        list.as_array()
+            .and_then(|a| a.iter().find(|v| v["name"] == "vm1"))
+            .cloned()
+    }
+
+    /// Whether `side`'s switch has a port vm1.
+    fn has_port(&self, side: &Side<'_>) -> bool {
+        let (st, out) = accelnet(
+            side.ns,
+            self.bin,
+            &["switch", "ports", "--control", side.ctl],
+        );
+        assert_eq!(st, 0, "{out}");
+        out.contains("vm1")
+    }
+
+    /// Migrates vm1 from `from` to `to` under a probe at `rate`; returns the
+    /// report line and asserts where the VM ends up.
+    fn probed_migration(&self, from: &Side<'_>, to: &Side<'_>, rate: u32) -> String {
+        let probe = Probe::start(self.wire.netns(), GUEST_IP.parse().expect("ip"), rate)
+            .unwrap_or_else(|e| panic!("{e}"));
+        probe
+            .wait_for_replies(u64::from(rate), Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("probe before the migration: {e}"));
+        probe.mark("migrate");
+        let to_sock = to.agent.to_string_lossy();
+        let (st, out) = self.vm(from, &["migrate", "vm1", "--to", &to_sock, "--json"]);
+        probe.mark("migrated");
+        assert_eq!(st, 0, "migrate {} -> {}: {out}", from.ns, to.ns);
+        let v = json_in(&out);
+        assert_eq!(v["migrated"], true, "{v}");
+        assert_eq!(v["final_state"]["runs_on"], "destination", "{v}");
+        assert_eq!(v["final_state"]["path"], "direct", "{v}");
+        // The guest's traffic leaves through its new primary.
+        let console = PathBuf::from(to.vms).join("vm1/console.log");
+        wait_line(
+            &console,
+            &["netdevs:", ",e1000e,master=eth0,up)"],
+            Duration::from_secs(30),
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let report = probe.stop();
+        let at = |m: &str| report.mark(m).unwrap_or_else(|| panic!("no mark {m}"));
+        let w = report.window(at("migrate"), report.duration);
+        let steps: Vec<String> = v["steps"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        format!(
+                            "{} {} ms",
+                            s["step"].as_str().unwrap_or("?"),
+                            s["duration_ms"]
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let line = format!(
+            "migrate {} -> {} at {rate}/s: lost {}, gap {:.3} s, silence {:.3} s, duplicates {}, reordered {}; QEMU downtime {} ms, migration {} ms, total {} ms; steps: {}",
+            from.ns,
+            to.ns,
+            w.lost,
+            w.gap.as_secs_f64(),
+            w.silence.as_secs_f64(),
+            report.duplicates,
+            report.reordered,
+            v["downtime_ms"],
+            v["migration_ms"],
+            v["total_ms"],
+            steps.join(", ")
+        );
+        log(format!(
+            "{line}\n{}\n{}",
+            report.summary(),
+            report.timeline()
+        ));
+        // The source let everything go; the destination has it all.
+        assert!(
+            self.record(from).is_none(),
+            "vm1 still recorded on {}",
+            from.ns
+        );
+        assert!(
+            !self.has_port(from),
+            "port vm1 still on {}'s switch",
+            from.ns
+        );
+        assert!(self.has_port(to), "no port vm1 on {}'s switch", to.ns);
+        let rec = self
+            .record(to)
+            .unwrap_or_else(|| panic!("vm1 not recorded on {}", to.ns));
+        assert_eq!(rec["phase"], "running", "{rec}");
+        assert_eq!(rec["direct"], "attached", "{rec}");
+        line
+    }
+}
+
+/// The JSON document in a command's output (stderr may hold log lines around it).
+fn json_in(out: &str) -> Value {
+    let lines: Vec<&str> = out.lines().collect();
+    let start = lines.iter().position(|l| l.starts_with('{'));
+    let end = lines.iter().rposition(|l| l.starts_with('}'));
+    match (start, end) {
+        (Some(s), Some(e)) if s <= e => serde_json::from_str(&lines[s..=e].join("\n"))
+            .unwrap_or_else(|err| panic!("{err}: {out}")),
+        _ => panic!("no JSON document in: {out}"),
+    }
+}
+
+/// Live migration of vm1 with its direct path from host A to host B and back, each
+/// under a 100/s probe from the wire; refused migrations first, each leaving the VM
+/// running on A on its direct path.
+fn migrate_there_and_back(c: &MigrateCtx<'_>) {
+    let b_sock = c.b.agent.to_string_lossy().into_owned();
+    // The failover checks left vm1 on its synthetic path: accelerate it again.
+    let (st, out) = c.vm(&c.a, &["enable", "vm1"]);
+    assert_eq!(st, 0, "{out}");
+    wait_line(
+        &PathBuf::from(c.a.vms).join("vm1/console.log"),
+        &["netdevs:", ",e1000e,master=eth0,up)"],
+        Duration::from_secs(30),
+    );
+    // No agent at the destination.
+    let (st, out) = c.vm(&c.a, &["migrate", "vm1", "--to", "/nonexistent/agent.sock"]);
+    assert_eq!(st, 1, "{out}");
+    assert!(out.contains("failed at the admit step"), "{out}");
+    assert!(out.contains("cannot reach the node agent"), "{out}");
+    // No such direct path at the destination.
+    let (st, out) = c.vm(
+        &c.a,
+        &[
+            "migrate",
+            "vm1",
+            "--to",
+            &b_sock,
+            "--dest-vf-standin",
+            "nosuchtap",
+        ],
+    );
+    assert_eq!(st, 1, "{out}");
+    assert!(
+        out.contains("no VF stand-in nosuchtap on this node"),
+        "{out}"
+    );
+    // A second migration while one runs (its lock held here).
+    let lock = std::fs::File::create(PathBuf::from(c.a.vms).join("vm1/migrate.lock"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    lock.lock().unwrap_or_else(|e| panic!("{e}"));
+    let (st, out) = c.vm(&c.a, &["migrate", "vm1", "--to", &b_sock]);
+    assert_eq!(st, 1, "{out}");
+    assert!(out.contains("a migration is in progress"), "{out}");
+    drop(lock);
+    // Each refusal left vm1 as it was: running on A, on its direct path, B untouched.
+    let rec = c.record(&c.a).unwrap_or_else(|| panic!("vm1 gone from A"));
+    assert_eq!(rec["phase"], "running", "{rec}");
+    assert_eq!(rec["direct"], "attached", "{rec}");
+    assert!(!c.has_port(&c.b), "a refused migration left a port on B");
+
+    let there = c.probed_migration(&c.a, &c.b, 100);
+    let back = c.probed_migration(&c.b, &c.a, 100);
+    log(format!("{there}\n{back}"));
 }

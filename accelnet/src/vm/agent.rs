@@ -15,11 +15,14 @@ use sriov::tiers::Tier;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use vmm_plugin::{DirectPath, StandinModel, VmmKind};
-use vswitch::{Request, Response};
+use vswitch::Request;
 
-use super::path::{self, EnableArgs, CLASS_NET};
+use migration::live::OpError;
+
+use super::node::{LocalNode, NodeAnswer, NodeOp};
+use super::path::CLASS_NET;
 use super::store::{DirectState, Phase, VmRecord, VmStore};
-use super::{launch_record, stop, switch_request, Incoming, LaunchArgs, ModelArg, Paths, VmmArg};
+use super::{launch_record, switch_request, Incoming, LaunchArgs, ModelArg, Paths, VmmArg};
 
 /// Longest request line accepted (a VM spec is well under this).
 const MAX_REQUEST: u64 = 1 << 20;
@@ -77,44 +80,33 @@ pub struct IncomingVm {
 
 /// A request to the agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "request", rename_all = "snake_case")]
 pub enum AgentRequest {
-    /// Is the agent there; which node.
+    /// Is the agent there, and its switch; which node.
     Ping,
-    /// Admit a VM: reserve its direct path, add its switch port, start its VMM
+    /// Could a VM be admitted: is a direct path of the kind it wants free.
+    Check {
+        /// The VM.
+        vm: Box<IncomingVm>,
+    },
+    /// Admit a VM: take its direct path, add its switch port, start its VMM
     /// waiting for the migration stream.
     Admit {
         /// The VM.
         vm: Box<IncomingVm>,
     },
-    /// The migration finished: the VM runs here now.
-    Commit {
+    /// One operation of the migration on an admitted VM (see [`NodeOp`]).
+    Node {
         /// VM name.
         name: String,
-    },
-    /// Tell the wire the VM's MAC is behind this node's switch.
-    Announce {
-        /// VM name.
-        name: String,
-    },
-    /// Plug the reserved direct path and move the MAC to it once the guest uses it.
-    Plug {
-        /// VM name.
-        name: String,
-        /// Seconds to wait for the guest to use the primary.
-        settle_s: u64,
-    },
-    /// Undo an admission: stop the VMM, free the port and the direct path, forget
-    /// the VM.
-    Abort {
-        /// VM name.
-        name: String,
+        /// The operation.
+        op: NodeOp,
     },
 }
 
 /// The agent's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
+#[serde(tag = "response", rename_all = "snake_case")]
 pub enum AgentResponse {
     /// Answer to `ping`.
     Pong {
@@ -122,6 +114,11 @@ pub enum AgentResponse {
         node: String,
         /// Its switch's control socket.
         switch_control: PathBuf,
+    },
+    /// Answer to `check`: the direct path the VM would get.
+    Available {
+        /// What it is (human-readable).
+        direct: String,
     },
     /// The VM is admitted: its VMM waits on `uri`.
     Admitted {
@@ -132,18 +129,11 @@ pub enum AgentResponse {
         /// The destination VMM's pid.
         pid: Option<u32>,
     },
-    /// The direct path change, as `accelnet vm enable --json` prints it.
-    Plugged {
-        /// The change.
-        change: serde_json::Value,
+    /// Answer to a [`NodeOp`]: its outcome, with the error's kind.
+    Node {
+        /// The outcome.
+        result: Result<NodeAnswer, OpError>,
     },
-    /// The uplinks the MAC was announced on.
-    Announced {
-        /// Uplink names.
-        uplinks: Vec<String>,
-    },
-    /// Done.
-    Done,
     /// The request failed.
     Error {
         /// Why.
@@ -175,14 +165,12 @@ pub async fn request(
             .with_context(|| format!("the node agent answered garbage: {answer:.200}"))?;
         Ok(resp)
     };
-    let resp = tokio::time::timeout(timeout, talk)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the node agent at {} did not answer in {timeout:?}",
-                socket.display()
-            )
-        })??;
+    let resp = tokio::time::timeout(timeout, talk).await.map_err(|_| {
+        anyhow::anyhow!(
+            "the node agent at {} did not answer in {timeout:?}",
+            socket.display()
+        )
+    })??;
     if let AgentResponse::Error { message } = resp {
         bail!("the destination node refused: {message}");
     }
@@ -217,32 +205,36 @@ pub(super) async fn serve(cfg: AgentConfig, listen: &Path) -> anyhow::Result<()>
     if let Some(dir) = listen.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let listener =
-        UnixListener::bind(listen).with_context(|| format!("cannot listen on {}", listen.display()))?;
+    let listener = UnixListener::bind(listen)
+        .with_context(|| format!("cannot listen on {}", listen.display()))?;
     log::info!(
         "node agent {} listening on {} (switch {})",
         cfg.node,
         listen.display(),
         cfg.switch_control.display()
     );
+    let node = LocalNode::new(cfg.paths.clone());
     loop {
         let (conn, _) = listener.accept().await.context("accept")?;
         // One request at a time: they change this node's shared state.
-        if let Err(e) = handle(&cfg, conn).await {
+        if let Err(e) = handle(&cfg, &node, conn).await {
             log::warn!("node agent: {e:#}");
         }
     }
 }
 
-async fn handle(cfg: &AgentConfig, conn: UnixStream) -> anyhow::Result<()> {
+async fn handle(cfg: &AgentConfig, node: &LocalNode, conn: UnixStream) -> anyhow::Result<()> {
     let (rd, mut wr) = conn.into_split();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST));
     let mut line = String::new();
-    reader.read_line(&mut line).await.context("reading a request")?;
+    reader
+        .read_line(&mut line)
+        .await
+        .context("reading a request")?;
     let resp = match serde_json::from_str::<AgentRequest>(&line) {
         Ok(req) => {
             log::info!("node agent: {}", describe(&req));
-            match run(cfg, &req).await {
+            match run(cfg, node, &req).await {
                 Ok(r) => r,
                 Err(e) => {
                     log::warn!("node agent: {} failed: {e:#}", describe(&req));
@@ -265,72 +257,54 @@ async fn handle(cfg: &AgentConfig, conn: UnixStream) -> anyhow::Result<()> {
 fn describe(req: &AgentRequest) -> String {
     match req {
         AgentRequest::Ping => "ping".into(),
+        AgentRequest::Check { vm } => format!("check VM {}", vm.name),
         AgentRequest::Admit { vm } => format!("admit VM {}", vm.name),
-        AgentRequest::Commit { name } => format!("commit VM {name}"),
-        AgentRequest::Announce { name } => format!("announce VM {name}"),
-        AgentRequest::Plug { name, .. } => format!("plug VM {name}"),
-        AgentRequest::Abort { name } => format!("abort VM {name}"),
+        AgentRequest::Node { name, op } => format!("VM {name}: {op:?}"),
     }
 }
 
-async fn run(cfg: &AgentConfig, req: &AgentRequest) -> anyhow::Result<AgentResponse> {
+async fn run(
+    cfg: &AgentConfig,
+    node: &LocalNode,
+    req: &AgentRequest,
+) -> anyhow::Result<AgentResponse> {
     let store = VmStore::open(&cfg.paths.store)?;
     match req {
-        AgentRequest::Ping => Ok(AgentResponse::Pong {
-            node: cfg.node.clone(),
-            switch_control: cfg.switch_control.clone(),
-        }),
-        AgentRequest::Admit { vm } => admit(cfg, &store, vm).await,
-        AgentRequest::Commit { name } => {
-            let rec = store.get(name)?;
-            if rec.phase != Phase::Incoming {
-                bail!("VM {name} is {} here, not incoming", rec.phase.name());
-            }
-            if !rec.process_alive(Path::new("/proc")) {
-                bail!("VM {name}: its VMM is gone");
-            }
-            store.update(name, |r| {
-                r.phase = Phase::Running;
-                Ok(())
-            })?;
-            Ok(AgentResponse::Done)
-        }
-        AgentRequest::Announce { name } => {
-            let rec = store.get(name)?;
-            let mac: sriov::mac::MacAddr = rec.spec.nic.mac.parse()?;
-            match switch_request(
-                &rec.switch_control,
-                &Request::Announce {
-                    port: rec.port.clone(),
-                    mac: vswitch::MacAddr(mac.0),
-                },
-            )? {
-                Response::Announced { uplinks, .. } => Ok(AgentResponse::Announced { uplinks }),
-                other => bail!("the switch answered the announce with {other:?}"),
-            }
-        }
-        AgentRequest::Plug { name, settle_s } => {
-            let args = EnableArgs::for_vm(name, *settle_s);
-            let change = path::enable_one(&store, &cfg.paths, name, &args).await?;
-            Ok(AgentResponse::Plugged {
-                change: serde_json::to_value(&change)?,
+        AgentRequest::Ping => {
+            // The switch must answer: a migration needs a port on it.
+            switch_request(&cfg.switch_control, &Request::Ports {})
+                .context("this node's switch does not run")?;
+            Ok(AgentResponse::Pong {
+                node: cfg.node.clone(),
+                switch_control: cfg.switch_control.clone(),
             })
         }
-        AgentRequest::Abort { name } => {
-            let rec = match store.get(name) {
-                Ok(r) => r,
-                // Nothing admitted (or already aborted): nothing to undo.
-                Err(super::store::StoreError::NotFound { .. }) => return Ok(AgentResponse::Done),
-                Err(e) => return Err(e.into()),
+        AgentRequest::Check { vm } => {
+            let direct = match &vm.direct {
+                None => "none".to_string(),
+                Some(DirectWant::Standin {
+                    tap: Some(t),
+                    model,
+                }) => {
+                    if !Path::new(CLASS_NET).join(t).exists() {
+                        bail!("no VF stand-in {t} on this node");
+                    }
+                    format!("lab stand-in {} on tap {t}", model.qemu_device())
+                }
+                Some(DirectWant::Standin { tap: None, model }) => format!(
+                    "lab stand-in {} on tap {}",
+                    model.qemu_device(),
+                    free_standin(cfg, &store)?
+                ),
+                // The pool's own checks (tier, queue pairs, free) run at admission.
+                Some(DirectWant::Vf { select }) => format!("VF {select} of this node's pool"),
             };
-            if rec.phase == Phase::Running {
-                bail!("VM {name} already runs here: it is not an admission to abort");
-            }
-            stop(&store, &cfg.paths, name, Duration::from_secs(2)).await?;
-            store.remove(name)?;
-            let _ = std::fs::remove_dir_all(&rec.run_dir);
-            Ok(AgentResponse::Done)
+            Ok(AgentResponse::Available { direct })
         }
+        AgentRequest::Admit { vm } => admit(cfg, &store, vm).await,
+        AgentRequest::Node { name, op } => Ok(AgentResponse::Node {
+            result: node.exec(&store, name, op).await,
+        }),
     }
 }
 
@@ -344,7 +318,11 @@ async fn admit(
         if matches!(old.phase, Phase::Stopped | Phase::Failed { .. }) {
             store.remove(&vm.name)?;
         } else {
-            bail!("VM {} already exists on this node ({})", vm.name, old.phase.name());
+            bail!(
+                "VM {} already exists on this node ({})",
+                vm.name,
+                old.phase.name()
+            );
         }
     }
     let (vf, vf_standin, standin_model) = match &vm.direct {
@@ -396,10 +374,9 @@ fn describe_direct(rec: &VmRecord) -> Option<String> {
     match (&rec.spec.direct, rec.direct) {
         (_, DirectState::None) | (None, _) => None,
         (Some(DirectPath::Vf { pci }), _) => Some(format!("VF {pci}")),
-        (Some(DirectPath::Standin { tap, model }), _) => Some(format!(
-            "lab stand-in {} on tap {tap}",
-            model.qemu_device()
-        )),
+        (Some(DirectPath::Standin { tap, model }), _) => {
+            Some(format!("lab stand-in {} on tap {tap}", model.qemu_device()))
+        }
     }
 }
 

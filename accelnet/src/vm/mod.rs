@@ -6,8 +6,10 @@
 //! Any failure undoes what was done, in reverse, and leaves the record `failed` with
 //! the reason; a crash in between is found by the next command (`VmStore::repair`).
 
-mod path;
 pub mod agent;
+mod migrate;
+mod node;
+mod path;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -147,6 +149,9 @@ enum VmCommand {
     /// Remove running VMs' direct paths and move their traffic to the synthetic
     /// path; a VF goes back to the pool (Disable-AccelNetVM).
     Disable(path::DisableArgs),
+    /// Live-migrate a running VM, with its direct path, to the node whose agent
+    /// listens on --to (unplug, migrate, announce, plug; rolled back on failure).
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Arguments of `accelnet vm delete`.
@@ -463,6 +468,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
             VmCommand::List(a) => list(&store, &a),
             VmCommand::Enable(a) => path::enable(&store, &args.paths, &a).await,
             VmCommand::Disable(a) => path::disable(&store, &args.paths, &a).await,
+            VmCommand::Migrate(a) => migrate::migrate(&store, &args.paths, &a).await,
             VmCommand::Set(a) => path::set(&store, &args.paths, &a),
             VmCommand::Delete(a) => {
                 for name in &a.names {
@@ -592,7 +598,9 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
         rec.spec.nic.socket.display()
     );
     match &rec.spec.direct {
-        Some(DirectPath::Vf { pci }) => out.push_str(&format!("  direct path: VF {pci} (vfio-pci)\n")),
+        Some(DirectPath::Vf { pci }) => {
+            out.push_str(&format!("  direct path: VF {pci} (vfio-pci)\n"))
+        }
         Some(DirectPath::Standin { tap, model }) => out.push_str(&format!(
             "  direct path: lab stand-in {} on tap {tap} (not a VF)\n",
             model.qemu_device()
@@ -612,11 +620,7 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
 /// Launches the VM of `a` (or, with `a.incoming`, starts its migration
 /// destination) and records it; on failure everything it set up is undone and
 /// the record says why.
-async fn launch_record(
-    store: &VmStore,
-    paths: &Paths,
-    a: &LaunchArgs,
-) -> anyhow::Result<VmRecord> {
+async fn launch_record(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Result<VmRecord> {
     check_name(&a.name)?;
     let root = SysfsRoot::new(&paths.sysfs_root);
     let vmm: VmmKind = a.vmm.into();

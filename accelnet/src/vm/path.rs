@@ -72,21 +72,6 @@ pub(super) struct EnableArgs {
     json: bool,
 }
 
-impl EnableArgs {
-    /// Enable VM `name` with what it was launched (or admitted) with.
-    pub(super) fn for_vm(name: &str, settle: u64) -> EnableArgs {
-        EnableArgs {
-            names: vec![name.to_string()],
-            performance: None,
-            vf: None,
-            vf_standin: None,
-            standin_model: ModelArg::E1000e,
-            settle,
-            json: true,
-        }
-    }
-}
-
 /// Arguments of `accelnet vm disable`.
 #[derive(Debug, Args)]
 pub(super) struct DisableArgs {
@@ -538,7 +523,7 @@ pub(super) async fn enable(store: &VmStore, paths: &Paths, a: &EnableArgs) -> an
     out.finish()
 }
 
-pub(super) async fn enable_one(
+async fn enable_one(
     store: &VmStore,
     paths: &Paths,
     name: &str,

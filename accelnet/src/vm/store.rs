@@ -476,6 +476,7 @@ mod tests {
             performance: Some(Tier::Low),
             port: name.to_string(),
             switch_control: "/run/accelnet/switch.ctl".into(),
+            vlan: 1,
             vf: None,
             direct: DirectState::None,
             steering: None,
@@ -550,6 +551,11 @@ mod tests {
         s.insert(&record("half-stopped", None, Phase::Stopping))
             .expect("i");
         s.insert(&record("done", None, Phase::Stopped)).expect("i");
+        // A migration's two ends whose VMMs died with the orchestrator.
+        s.insert(&record("in-dead", Some(dead_pid), Phase::Incoming))
+            .expect("i");
+        s.insert(&record("out-dead", Some(dead_pid), Phase::Migrating))
+            .expect("i");
         let mut got = s.repair(Path::new("/proc")).expect("repair");
         got.sort_by(|a, b| a.vm.cmp(&b.vm));
         let got: Vec<(String, String, String)> =
@@ -560,6 +566,8 @@ mod tests {
                 ("crashed-launch".into(), "launching".into(), "failed".into()),
                 ("died".into(), "running".into(), "failed".into()),
                 ("half-stopped".into(), "stopping".into(), "stopped".into()),
+                ("in-dead".into(), "incoming".into(), "failed".into()),
+                ("out-dead".into(), "migrating".into(), "failed".into()),
             ]
         );
         assert_eq!(s.get("alive").expect("alive").phase, Phase::Running);

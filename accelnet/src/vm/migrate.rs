@@ -1,0 +1,305 @@
+//! `accelnet vm migrate`: live-migrates a VM with its direct path to another node,
+//! whose node agent takes it in (`accelnet node agent`).
+//!
+//! The steps and their rollback are `migration::live`'s; this node runs the
+//! source's operations itself and the destination's through the agent (both with
+//! [`super::node`]). One migration per VM at a time: a file lock in the VM's run
+//! directory, held for the whole run, refuses a second `vm migrate`.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use migration::live::{
+    DirectGrant, Event, InFlight, LiveMigration, MigrationOptions, MigrationPlan, MigrationReport,
+    StepOutcome, VmNet,
+};
+use serde::Serialize;
+use vmm_plugin::DirectPath;
+
+use super::agent::{DirectWant, IncomingVm};
+use super::node::{LocalNode, NodeHost, Transport};
+use super::store::{DirectState, Phase, VmStore};
+use super::Paths;
+use crate::sriov_cmd::{json, print};
+
+/// Arguments of `accelnet vm migrate`.
+#[derive(Debug, Args)]
+pub(super) struct MigrateArgs {
+    /// The VM.
+    name: String,
+    /// The destination node's agent socket (`accelnet node agent --listen`).
+    #[arg(long, value_name = "SOCKET")]
+    to: PathBuf,
+    /// The destination's VF stand-in tap (lab); default: any free one the agent
+    /// offers. Only for a VM whose direct path is a stand-in.
+    #[arg(long, value_name = "TAP")]
+    dest_vf_standin: Option<String>,
+    /// The destination's VF: a PCI address or `auto` (default: `auto`). Only for
+    /// a VM whose direct path is a VF.
+    #[arg(long, value_name = "PCI|auto")]
+    dest_vf: Option<String>,
+    /// Leave the VM on the synthetic path at the destination.
+    #[arg(long, conflicts_with_all = ["dest_vf", "dest_vf_standin"])]
+    no_direct: bool,
+    /// Seconds the guest may take to release its direct path at the source.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    unplug_timeout: u64,
+    /// Seconds to wait for the guest to use the destination's direct path.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    settle: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `vm migrate --json` prints on success.
+#[derive(Debug, Serialize)]
+struct Outcome<'a> {
+    migrated: bool,
+    #[serde(flatten)]
+    report: &'a MigrationReport,
+}
+
+/// `accelnet vm migrate`.
+pub(super) async fn migrate(store: &VmStore, paths: &Paths, a: &MigrateArgs) -> anyhow::Result<()> {
+    let rec = store.get(&a.name)?;
+    if rec.phase != Phase::Running {
+        bail!(
+            "VM {} is {}: only a running VM can be migrated",
+            a.name,
+            rec.phase.name()
+        );
+    }
+    if !rec.process_alive(std::path::Path::new("/proc")) {
+        bail!("VM {}: its {} process is gone", a.name, rec.vmm);
+    }
+    // One migration per VM, across processes: the lock lives as long as the run.
+    std::fs::create_dir_all(&rec.run_dir)
+        .with_context(|| format!("cannot create {}", rec.run_dir.display()))?;
+    let lock_path = rec.run_dir.join("migrate.lock");
+    let lock =
+        File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "VM {} is busy: a migration is in progress (lock {} held)",
+            a.name,
+            lock_path.display()
+        );
+    }
+    let inflight = InFlight::new();
+    let mut guard = inflight.begin(&a.name, "migration")?;
+    guard.keep(lock);
+
+    let had_direct = rec.direct == DirectState::Attached;
+    let direct = match (&rec.spec.direct, a.no_direct) {
+        (_, true) | (None, _) => None,
+        (Some(DirectPath::Standin { model, .. }), false) => {
+            if a.dest_vf.is_some() {
+                bail!(
+                    "VM {} has a lab stand-in, not a VF: use --dest-vf-standin",
+                    a.name
+                );
+            }
+            Some(DirectWant::Standin {
+                tap: a.dest_vf_standin.clone(),
+                model: *model,
+            })
+        }
+        (Some(DirectPath::Vf { .. }), false) => {
+            if a.dest_vf_standin.is_some() {
+                bail!("VM {} has a VF, not a lab stand-in: use --dest-vf", a.name);
+            }
+            Some(DirectWant::Vf {
+                select: a.dest_vf.clone().unwrap_or_else(|| "auto".into()),
+            })
+        }
+    };
+    let spec = &rec.spec;
+    let incoming = IncomingVm {
+        name: a.name.clone(),
+        vmm: rec.vmm,
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+        cmdline: spec.cmdline.clone(),
+        disks: spec.disks.clone(),
+        mac: spec.nic.mac.clone(),
+        queue_pairs: spec.nic.queue_pairs,
+        vlan: rec.vlan,
+        performance: rec.performance,
+        direct: direct.clone(),
+    };
+    let vm = VmNet {
+        name: a.name.clone(),
+        mac: spec.nic.mac.clone(),
+        queue_pairs: spec.nic.queue_pairs,
+        tier: rec.performance.map(|t| format!("{t:?}").to_lowercase()),
+    };
+    let source_direct = match (&spec.direct, had_direct) {
+        (Some(d), true) => Some(DirectGrant {
+            id: format!("{d:?}"),
+            label: match d {
+                DirectPath::Vf { pci } => format!("VF {pci}"),
+                DirectPath::Standin { tap, model } => {
+                    format!("lab stand-in {} on tap {tap}", model.qemu_device())
+                }
+            },
+        }),
+        _ => None,
+    };
+    let plan = MigrationPlan {
+        vm,
+        source_direct,
+        destination_direct: direct.is_some(),
+    };
+
+    let node = LocalNode::new(paths.clone());
+    let source = NodeHost {
+        transport: Transport::Local { node: &node, store },
+    };
+    let destination = NodeHost {
+        transport: Transport::Agent {
+            socket: a.to.clone(),
+            incoming: Box::new(incoming),
+        },
+    };
+    let src_name = read_hostname();
+    let dst_name = a.to.display().to_string();
+    let mut m = LiveMigration::new(
+        &plan,
+        migration::live::Host {
+            name: &src_name,
+            vmm: &source,
+            vf: &source,
+            switch: &source,
+        },
+        migration::live::Host {
+            name: &dst_name,
+            vmm: &destination,
+            vf: &destination,
+            switch: &destination,
+        },
+    );
+    m.options = MigrationOptions {
+        unplug_timeout: Duration::from_secs(a.unplug_timeout),
+        settle: Duration::from_secs(a.settle),
+    };
+    // JSON output stays machine-readable: no progress lines then.
+    let quiet = a.json;
+    let show = move |e: &Event| {
+        if !quiet {
+            show_event(e);
+        }
+    };
+    m.events = &show;
+    store.update(&a.name, |r| {
+        r.phase = Phase::Migrating;
+        Ok(())
+    })?;
+    let res = m.run(&guard).await;
+    match res {
+        Ok(report) => {
+            if report.final_state.on_destination() {
+                // The source's VMM, VF and port are released; the VM lives there now.
+                store.remove(&a.name)?;
+            } else {
+                back_to_running(store, &a.name);
+            }
+            if a.json {
+                return print(&json(&Outcome {
+                    migrated: report.final_state.on_destination(),
+                    report: &report,
+                })?);
+            }
+            print(&human(&report))
+        }
+        Err(e) => {
+            if matches!(e.final_state, migration::live::FinalState::Source { .. }) {
+                back_to_running(store, &a.name);
+            }
+            if a.json {
+                print(&json(&e)?)?;
+            }
+            Err(anyhow::Error::new(e))
+        }
+    }
+}
+
+fn back_to_running(store: &VmStore, name: &str) {
+    if let Err(e) = store.update(name, |r| {
+        r.phase = Phase::Running;
+        Ok(())
+    }) {
+        log::warn!("VM {name}: cannot record it running again: {e}");
+    }
+}
+
+fn read_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "this node".into(), |s| s.trim().to_string())
+}
+
+/// The progress display: one line per step and per progress report, on stderr.
+fn show_event(e: &Event) {
+    match e {
+        Event::StepStarted { step } => eprintln!("  {step} ..."),
+        Event::StepFinished {
+            step,
+            outcome,
+            duration,
+        } => {
+            let how = match outcome {
+                StepOutcome::Done => "done",
+                StepOutcome::Skipped => "skipped",
+                StepOutcome::Warning => "done with a warning",
+                StepOutcome::Failed => "FAILED",
+            };
+            eprintln!("  {step}: {how} ({} ms)", duration.as_millis());
+        }
+        Event::Progress(p) => {
+            let pct = (p.total > 0).then(|| 100 * p.transferred.min(p.total) / p.total);
+            eprintln!(
+                "    {}: {} MiB sent, {} MiB left{}",
+                p.status,
+                p.transferred >> 20,
+                p.remaining >> 20,
+                pct.map_or(String::new(), |v| format!(" ({v}%)"))
+            );
+        }
+        Event::Warning(w) => eprintln!("  warning: {w}"),
+        Event::CancelRequested => eprintln!("  cancelling ..."),
+        Event::RollingBack { step } => eprintln!("  {step} failed: rolling back"),
+    }
+}
+
+fn human(r: &MigrationReport) -> String {
+    let mut s = format!(
+        "VM {} migrated from {} to {}: {}\n",
+        r.vm, r.source, r.destination, r.final_state
+    );
+    s.push_str(&format!(
+        "  total {} ms, migration {} ms, downtime {}, {} MiB transferred\n",
+        r.total_ms,
+        r.migration_ms,
+        r.downtime_ms
+            .map_or("not reported".into(), |d| format!("{d} ms")),
+        r.transferred_bytes >> 20
+    ));
+    for st in &r.steps {
+        s.push_str(&format!(
+            "  {:<9} {:>6} ms  (+{} ms)  {:?}\n",
+            st.step.as_str(),
+            st.duration_ms,
+            st.start_ms,
+            st.outcome
+        ));
+    }
+    for w in &r.warnings {
+        s.push_str(&format!("  warning: {w}\n"));
+    }
+    s
+}

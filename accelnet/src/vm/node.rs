@@ -1,0 +1,660 @@
+//! One node's side of a live migration: the operations `migration::live` drives,
+//! over this node's VMM, switch, VF pool and embedded switch.
+//!
+//! The source runs them in process (`accelnet vm migrate`); the destination's node
+//! agent runs them for the source over its socket ([`super::agent`]), so both
+//! sides go through the same code. [`NodeHost`] implements the orchestrator's
+//! traits over either.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use migration::live::{
+    DirectGrant, IncomingEndpoint, MigrationProgress, MigrationStats, OpError, OpErrorKind,
+    PathKind, ProgressFn, Route, SwitchOps, VfOps, VmNet, VmmOps,
+};
+use serde::{Deserialize, Serialize};
+use sriov::steer::Route as SteerRoute;
+use vmm_plugin::qemu::{QemuOptions, QemuVm};
+use vmm_plugin::{VmState, VmmError, VmmKind};
+use vswitch::{Request, Response};
+
+use super::agent::{self, AgentRequest, AgentResponse, IncomingVm};
+use super::path::{self, CLASS_NET};
+use super::store::{DirectState, Phase, VmRecord, VmStore};
+use super::{open_pool, switch_request, vmm_for, Paths};
+
+/// How long a hold taken for a path change may last if nobody releases it.
+const HOLD_LIMIT: Duration = Duration::from_secs(30);
+/// How long an agent request may take beyond its own timeouts.
+const AGENT_SLACK: Duration = Duration::from_secs(30);
+
+/// One operation on a VM of a node (the source's, or the destination's through
+/// its agent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum NodeOp {
+    /// Hot-unplug the direct path; returns once the guest released it.
+    UnplugDirect {
+        /// Milliseconds to wait for the guest.
+        timeout_ms: u64,
+    },
+    /// Whether the VMM has the direct path plugged.
+    DirectAttached,
+    /// Hot-plug the VM's direct path (the one its record names).
+    PlugDirect,
+    /// The VM runs here (after an incoming migration): the VMM says so.
+    ConfirmRunning,
+    /// Resume a VM paused by a completed outgoing migration.
+    Resume,
+    /// Stop the VMM.
+    Stop,
+    /// Steer the VM's MAC in the embedded switch.
+    Route {
+        /// Where to.
+        route: Route,
+    },
+    /// Wait for the guest's first frame over the direct path.
+    WaitGuest {
+        /// Milliseconds to wait.
+        settle_ms: u64,
+    },
+    /// Give the direct path back (a VF to the pool, reset).
+    ReleaseDirect,
+    /// Hold the VM port's receive side in the switch.
+    Hold,
+    /// End the hold: to the guest's standby, or to its direct path.
+    ReleaseHold {
+        /// The path that gets the held frames.
+        onto: PathKind,
+    },
+    /// Announce the VM's MAC on the switch's uplinks.
+    Announce,
+    /// Remove the VM's switch port and its MAC from the embedded switch.
+    RemovePort,
+    /// Cancel the VM's outgoing migration.
+    CancelMigration,
+}
+
+/// What a [`NodeOp`] answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum NodeAnswer {
+    /// Done.
+    Done,
+    /// [`NodeOp::DirectAttached`].
+    Attached {
+        /// Plugged.
+        attached: bool,
+    },
+    /// [`NodeOp::WaitGuest`].
+    GuestSeen {
+        /// The guest sent over the direct path.
+        seen: bool,
+    },
+    /// [`NodeOp::ReleaseHold`].
+    Released {
+        /// Frames that had been held.
+        frames: u64,
+    },
+}
+
+/// A VMM error as the orchestrator's kind.
+fn vmm_op_error(e: &VmmError) -> OpError {
+    let kind = match e {
+        VmmError::Timeout { .. } => OpErrorKind::Timeout,
+        VmmError::Exited { .. } => OpErrorKind::Gone,
+        VmmError::Migration { status, .. } if status == "cancelled" => OpErrorKind::Cancelled,
+        _ => OpErrorKind::Failed,
+    };
+    OpError::from_error(kind, e)
+}
+
+/// Any other error, with its chain.
+fn op_error(kind: OpErrorKind, e: &anyhow::Error) -> OpError {
+    OpError::new(kind, format!("{e:#}"))
+}
+
+/// This node: its paths, and what a path change remembers between two operations.
+#[derive(Debug)]
+pub struct LocalNode {
+    pub(super) paths: Paths,
+    /// The direct path's frame counter when it was plugged, per VM.
+    baselines: Mutex<HashMap<String, Option<u64>>>,
+}
+
+impl LocalNode {
+    /// This node with its state in `paths`.
+    pub(super) fn new(paths: Paths) -> LocalNode {
+        LocalNode {
+            paths,
+            baselines: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record(store: &VmStore, name: &str) -> Result<VmRecord, OpError> {
+        store
+            .get(name)
+            .map_err(|e| OpError::from_error(OpErrorKind::Gone, &e))
+    }
+
+    async fn vmm(rec: &VmRecord) -> Result<Box<dyn vmm_plugin::Vmm>, OpError> {
+        if !rec.process_alive(Path::new("/proc")) {
+            return Err(OpError::gone(format!(
+                "VM {}: its {} process is gone",
+                rec.name(),
+                rec.vmm
+            )));
+        }
+        vmm_for(rec, None, true)
+            .await
+            .map_err(|e| op_error(OpErrorKind::Gone, &e))
+    }
+
+    fn set_direct(store: &VmStore, name: &str, d: DirectState) -> Result<(), OpError> {
+        store
+            .update(name, |r| {
+                r.direct = d;
+                Ok(())
+            })
+            .map(|_| ())
+            .map_err(|e| OpError::from_error(OpErrorKind::Failed, &e))
+    }
+
+    /// Runs `op` on VM `name` of this node.
+    pub(super) async fn exec(
+        &self,
+        store: &VmStore,
+        name: &str,
+        op: &NodeOp,
+    ) -> Result<NodeAnswer, OpError> {
+        // Teardown operations find nothing to do on a VM this node does not have.
+        if matches!(
+            op,
+            NodeOp::Stop | NodeOp::RemovePort | NodeOp::ReleaseDirect
+        ) && store.get(name).is_err()
+        {
+            return Ok(NodeAnswer::Done);
+        }
+        let rec = Self::record(store, name)?;
+        match op {
+            NodeOp::UnplugDirect { timeout_ms } => {
+                let vmm = Self::vmm(&rec).await?;
+                vmm.detach_direct(Duration::from_millis(*timeout_ms))
+                    .await
+                    .map_err(|e| vmm_op_error(&e))?;
+                Self::set_direct(store, name, DirectState::Detached)?;
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::DirectAttached => {
+                let vmm = Self::vmm(&rec).await?;
+                let s = vmm.status().await.map_err(|e| vmm_op_error(&e))?;
+                Ok(NodeAnswer::Attached {
+                    attached: s.direct_attached,
+                })
+            }
+            NodeOp::PlugDirect => {
+                let Some(direct) = rec.spec.direct.clone() else {
+                    return Err(OpError::unavailable(format!(
+                        "VM {name} has no direct path here"
+                    )));
+                };
+                let vmm = Self::vmm(&rec).await?;
+                let before = rec
+                    .steering
+                    .as_ref()
+                    .and_then(|s| s.direct_tx_frames(Path::new(CLASS_NET)));
+                self.baselines
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.to_string(), before);
+                vmm.attach_direct(&direct)
+                    .await
+                    .map_err(|e| vmm_op_error(&e))?;
+                Self::set_direct(store, name, DirectState::Attached)?;
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::ConfirmRunning => {
+                let vmm = Self::vmm(&rec).await?;
+                let s = vmm.status().await.map_err(|e| vmm_op_error(&e))?;
+                if s.state != VmState::Running {
+                    return Err(OpError::failed(format!(
+                        "VM {name}: the VMM reports it {:?}, not running",
+                        s.state
+                    )));
+                }
+                store
+                    .update(name, |r| {
+                        r.phase = Phase::Running;
+                        Ok(())
+                    })
+                    .map_err(|e| OpError::from_error(OpErrorKind::Failed, &e))?;
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::Resume => {
+                if rec.vmm != VmmKind::Qemu {
+                    return Err(OpError::unavailable(format!(
+                        "VM {name}: resuming after a migration is implemented for QEMU only"
+                    )));
+                }
+                let pid = rec
+                    .pid
+                    .ok_or_else(|| OpError::gone(format!("VM {name}: no VMM process recorded")))?;
+                let q = QemuVm::attach(rec.spec.clone(), QemuOptions::new(&rec.run_dir), pid)
+                    .await
+                    .map_err(|e| vmm_op_error(&e))?;
+                q.execute("cont", None)
+                    .await
+                    .map_err(|e| vmm_op_error(&e))?;
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::Stop => {
+                if rec.process_alive(Path::new("/proc")) {
+                    let mut vmm = Self::vmm(&rec).await?;
+                    vmm.stop(Duration::from_secs(2))
+                        .await
+                        .map_err(|e| vmm_op_error(&e))?;
+                }
+                store
+                    .update(name, |r| {
+                        r.phase = Phase::Stopped;
+                        r.pid = None;
+                        r.start_time = None;
+                        Ok(())
+                    })
+                    .map_err(|e| OpError::from_error(OpErrorKind::Failed, &e))?;
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::Route { route } => {
+                let to = match route {
+                    Route::Direct => SteerRoute::Direct,
+                    Route::Synthetic => SteerRoute::Synthetic,
+                    Route::Both => SteerRoute::Both,
+                };
+                path::route(rec.steering.as_ref(), to)
+                    .map_err(|e| op_error(OpErrorKind::Failed, &e))?;
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::WaitGuest { settle_ms } => {
+                let class_net = Path::new(CLASS_NET);
+                let Some(s) = rec.steering.as_ref() else {
+                    return Err(OpError::unavailable(format!(
+                        "VM {name} has no direct path here"
+                    )));
+                };
+                let remembered = self
+                    .baselines
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(name)
+                    .flatten();
+                let Some(before) = remembered.or_else(|| s.direct_tx_frames(class_net)) else {
+                    // A NIC's VF: no per-VF counters read yet (IFLA_VF_STATS), so the
+                    // guest's use cannot be seen; the VMM plugged it and the guest
+                    // pairs it by MAC.
+                    log::warn!(
+                        "VM {name}: cannot see the guest's frames over {s}; assuming it uses it"
+                    );
+                    return Ok(NodeAnswer::GuestSeen { seen: true });
+                };
+                let deadline = Instant::now() + Duration::from_millis(*settle_ms);
+                loop {
+                    if s.direct_tx_frames(class_net).is_some_and(|n| n > before) {
+                        return Ok(NodeAnswer::GuestSeen { seen: true });
+                    }
+                    if Instant::now() >= deadline {
+                        return Ok(NodeAnswer::GuestSeen { seen: false });
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            NodeOp::ReleaseDirect => {
+                if let Some(vf) = &rec.vf {
+                    let outcome = open_pool(&self.paths)
+                        .and_then(|p| Ok(p.release(vf, Some(name))?))
+                        .map_err(|e| op_error(OpErrorKind::Failed, &e))?;
+                    if let sriov::pool::Outcome::Quarantined { reason } = outcome {
+                        log::warn!(
+                            "VM {name}: VF {vf} could not be reset and is quarantined: {reason}"
+                        );
+                    }
+                }
+                store
+                    .update(name, |r| {
+                        r.vf = None;
+                        r.direct = DirectState::Detached;
+                        Ok(())
+                    })
+                    .map_err(|e| OpError::from_error(OpErrorKind::Failed, &e))?;
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::Hold => {
+                switch_hold(&rec, true, None)?;
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::ReleaseHold { onto } => {
+                let via = match onto {
+                    PathKind::Direct => rec
+                        .steering
+                        .as_ref()
+                        .and_then(|s| s.switch_uplink())
+                        .map(str::to_string),
+                    PathKind::Synthetic => None,
+                };
+                let frames = switch_hold(&rec, false, via)?;
+                Ok(NodeAnswer::Released { frames })
+            }
+            NodeOp::Announce => {
+                let mac: sriov::mac::MacAddr = rec
+                    .spec
+                    .nic
+                    .mac
+                    .parse()
+                    .map_err(|e| OpError::failed(format!("VM {name}: its MAC: {e}")))?;
+                match switch_request(
+                    &rec.switch_control,
+                    &Request::Announce {
+                        port: rec.port.clone(),
+                        mac: vswitch::MacAddr(mac.0),
+                    },
+                ) {
+                    Ok(Response::Announced { .. }) => Ok(NodeAnswer::Done),
+                    Ok(other) => Err(OpError::failed(format!(
+                        "the switch answered the announce with {other:?}"
+                    ))),
+                    Err(e) => Err(op_error(OpErrorKind::Unavailable, &e)),
+                }
+            }
+            NodeOp::RemovePort => {
+                match vswitch::control::request(
+                    &rec.switch_control,
+                    &Request::PortDel {
+                        name: rec.port.clone(),
+                    },
+                ) {
+                    Ok(Response::PortDeleted { .. }) => {}
+                    Ok(Response::Error { message }) if message.contains("no VM port named") => {}
+                    Ok(other) => {
+                        return Err(OpError::failed(format!(
+                            "removing port {}: the switch answered {other:?}",
+                            rec.port
+                        )))
+                    }
+                    Err(e) => return Err(OpError::from_error(OpErrorKind::Unavailable, &e)),
+                }
+                path::unsteer(rec.steering.as_ref());
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::CancelMigration => {
+                let vmm = Self::vmm(&rec).await?;
+                vmm.cancel_migration().await.map_err(|e| vmm_op_error(&e))?;
+                Ok(NodeAnswer::Done)
+            }
+        }
+    }
+}
+
+/// Starts the hold, or releases it (out of uplink `via`); returns the frames held.
+fn switch_hold(rec: &VmRecord, on: bool, via: Option<String>) -> Result<u64, OpError> {
+    let req = Request::Hold {
+        port: rec.port.clone(),
+        hold: on,
+        max_ms: on.then(|| u64::try_from(HOLD_LIMIT.as_millis()).unwrap_or(u64::MAX)),
+        via,
+    };
+    match switch_request(&rec.switch_control, &req) {
+        Ok(Response::Held { held, .. }) => Ok(held),
+        Ok(other) => Err(OpError::failed(format!(
+            "the switch answered {other:?} to a hold"
+        ))),
+        Err(e) => Err(op_error(OpErrorKind::Unavailable, &e)),
+    }
+}
+
+/// Where a [`NodeHost`]'s operations run.
+#[derive(Debug)]
+pub enum Transport<'a> {
+    /// In this process, on this node's store.
+    Local {
+        /// The node.
+        node: &'a LocalNode,
+        /// Its store, open.
+        store: &'a VmStore,
+    },
+    /// On another node, through its agent.
+    Agent {
+        /// The agent's socket.
+        socket: PathBuf,
+        /// The VM as the destination starts it.
+        incoming: Box<IncomingVm>,
+    },
+}
+
+/// One host of a migration, as `migration::live` drives it.
+#[derive(Debug)]
+pub struct NodeHost<'a> {
+    /// Where the operations run.
+    pub transport: Transport<'a>,
+}
+
+impl NodeHost<'_> {
+    async fn call(&self, vm: &VmNet, op: NodeOp, wait: Duration) -> Result<NodeAnswer, OpError> {
+        match &self.transport {
+            Transport::Local { node, store } => node.exec(store, &vm.name, &op).await,
+            Transport::Agent { socket, .. } => {
+                let req = AgentRequest::Node {
+                    name: vm.name.clone(),
+                    op,
+                };
+                match agent::request(socket, &req, wait + AGENT_SLACK).await {
+                    Ok(AgentResponse::Node { result }) => result,
+                    Ok(other) => Err(OpError::failed(format!(
+                        "the node agent answered {other:?}"
+                    ))),
+                    Err(e) => Err(op_error(OpErrorKind::Gone, &e)),
+                }
+            }
+        }
+    }
+
+    async fn done(&self, vm: &VmNet, op: NodeOp) -> Result<(), OpError> {
+        self.call(vm, op, Duration::ZERO).await.map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl VmmOps for NodeHost<'_> {
+    async fn start_incoming(&self, vm: &VmNet) -> Result<IncomingEndpoint, OpError> {
+        let Transport::Agent { socket, incoming } = &self.transport else {
+            return Err(OpError::failed(format!(
+                "VM {}: this node is the source, not a destination",
+                vm.name
+            )));
+        };
+        match agent::request(
+            socket,
+            &AgentRequest::Admit {
+                vm: incoming.clone(),
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        {
+            Ok(AgentResponse::Admitted { uri, .. }) => Ok(IncomingEndpoint { uri }),
+            Ok(other) => Err(OpError::failed(format!(
+                "the node agent answered {other:?}"
+            ))),
+            Err(e) => Err(op_error(OpErrorKind::Unavailable, &e)),
+        }
+    }
+
+    async fn unplug_direct(&self, vm: &VmNet, timeout: Duration) -> Result<(), OpError> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.call(vm, NodeOp::UnplugDirect { timeout_ms }, timeout)
+            .await
+            .map(|_| ())
+    }
+
+    async fn direct_attached(&self, vm: &VmNet) -> Result<bool, OpError> {
+        match self
+            .call(vm, NodeOp::DirectAttached, Duration::ZERO)
+            .await?
+        {
+            NodeAnswer::Attached { attached } => Ok(attached),
+            other => Err(OpError::failed(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn plug_direct(&self, vm: &VmNet, _direct: &DirectGrant) -> Result<(), OpError> {
+        // The node plugs the direct path its record names (the one it reserved).
+        self.done(vm, NodeOp::PlugDirect).await
+    }
+
+    async fn migrate(
+        &self,
+        vm: &VmNet,
+        to: &IncomingEndpoint,
+        progress: ProgressFn<'_>,
+    ) -> Result<MigrationStats, OpError> {
+        let Transport::Local { store, .. } = &self.transport else {
+            return Err(OpError::failed(
+                "a migration starts on the source node, not through an agent",
+            ));
+        };
+        let rec = LocalNode::record(store, &vm.name)?;
+        let vmm = LocalNode::vmm(&rec).await?;
+        let report = |p: &vmm_plugin::MigrationProgress| {
+            progress(&MigrationProgress {
+                status: p.status.clone(),
+                transferred: p.transferred,
+                remaining: p.remaining,
+                total: p.total,
+                dirty_rate: None,
+                elapsed_ms: p.elapsed_ms,
+            });
+        };
+        let s = vmm
+            .migrate_out(&to.uri, &report)
+            .await
+            .map_err(|e| vmm_op_error(&e))?;
+        Ok(MigrationStats {
+            total_ms: s.total_ms,
+            downtime_ms: s.downtime_ms,
+            transferred: s.transferred,
+        })
+    }
+
+    async fn cancel_migration(&self, vm: &VmNet) -> Result<(), OpError> {
+        self.done(vm, NodeOp::CancelMigration).await
+    }
+
+    async fn confirm_running(&self, vm: &VmNet) -> Result<(), OpError> {
+        self.done(vm, NodeOp::ConfirmRunning).await
+    }
+
+    async fn resume(&self, vm: &VmNet) -> Result<(), OpError> {
+        self.done(vm, NodeOp::Resume).await
+    }
+
+    async fn stop(&self, vm: &VmNet) -> Result<(), OpError> {
+        self.call(vm, NodeOp::Stop, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl VfOps for NodeHost<'_> {
+    async fn reserve(&self, vm: &VmNet) -> Result<DirectGrant, OpError> {
+        let Transport::Agent {
+            socket, incoming, ..
+        } = &self.transport
+        else {
+            return Err(OpError::failed(format!(
+                "VM {}: this node is the source, not a destination",
+                vm.name
+            )));
+        };
+        // The agent takes the direct path when it admits the VM (with its port
+        // and VMM, in one request); here it checks that one is free.
+        match agent::request(
+            socket,
+            &AgentRequest::Check {
+                vm: incoming.clone(),
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        {
+            Ok(AgentResponse::Available { direct }) => Ok(DirectGrant {
+                id: direct.clone(),
+                label: direct,
+            }),
+            Ok(other) => Err(OpError::failed(format!(
+                "the node agent answered {other:?}"
+            ))),
+            Err(e) => Err(op_error(OpErrorKind::Unavailable, &e)),
+        }
+    }
+
+    async fn route(&self, vm: &VmNet, route: Route) -> Result<(), OpError> {
+        self.done(vm, NodeOp::Route { route }).await
+    }
+
+    async fn wait_guest_traffic(&self, vm: &VmNet, settle: Duration) -> Result<bool, OpError> {
+        let settle_ms = u64::try_from(settle.as_millis()).unwrap_or(u64::MAX);
+        match self
+            .call(vm, NodeOp::WaitGuest { settle_ms }, settle)
+            .await?
+        {
+            NodeAnswer::GuestSeen { seen } => Ok(seen),
+            other => Err(OpError::failed(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn release(&self, vm: &VmNet) -> Result<(), OpError> {
+        self.done(vm, NodeOp::ReleaseDirect).await
+    }
+}
+
+#[async_trait::async_trait]
+impl SwitchOps for NodeHost<'_> {
+    async fn prepare_port(&self, vm: &VmNet) -> Result<(), OpError> {
+        // The agent adds the port when it admits the VM; here: is its switch up.
+        let Transport::Agent { socket, .. } = &self.transport else {
+            return Ok(());
+        };
+        match agent::request(socket, &AgentRequest::Ping, Duration::from_secs(10)).await {
+            Ok(AgentResponse::Pong { .. }) => Ok(()),
+            Ok(other) => Err(OpError::failed(format!(
+                "the node agent answered {other:?}"
+            ))),
+            Err(e) => Err(op_error(OpErrorKind::Unavailable, &e)),
+        }
+        .map_err(|e| OpError::new(e.kind, format!("VM {}: {}", vm.name, e.message)))
+    }
+
+    async fn hold(&self, vm: &VmNet) -> Result<(), OpError> {
+        self.done(vm, NodeOp::Hold).await
+    }
+
+    async fn release_hold(&self, vm: &VmNet, onto: PathKind) -> Result<u64, OpError> {
+        match self
+            .call(vm, NodeOp::ReleaseHold { onto }, Duration::ZERO)
+            .await?
+        {
+            NodeAnswer::Released { frames } => Ok(frames),
+            other => Err(OpError::failed(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn announce(&self, vm: &VmNet) -> Result<(), OpError> {
+        self.done(vm, NodeOp::Announce).await
+    }
+
+    async fn remove_port(&self, vm: &VmNet) -> Result<(), OpError> {
+        self.done(vm, NodeOp::RemovePort).await
+    }
+}

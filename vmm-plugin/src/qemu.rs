@@ -39,9 +39,11 @@ pub const DEFAULT_BINARY: &str = "qemu-system-x86_64";
 
 /// Capacity of a VM's event channel.
 const EVENT_CAPACITY: usize = 256;
-/// `query-migrate` polling period.
-const MIGRATE_POLL: Duration = Duration::from_millis(100);
-/// How long after `completed` downtime is re-read (QEMU may report 0 at first).
+/// `query-migrate` polling period: the caller announces the VM at the
+/// destination once this returns, so every period of delay is outage.
+const MIGRATE_POLL: Duration = Duration::from_millis(20);
+/// How long after `completed` downtime may still be re-read (QEMU may report 0
+/// at first); re-read every [`MIGRATE_POLL`], and only while it is missing.
 const DOWNTIME_REREAD: Duration = Duration::from_millis(300);
 
 /// A QEMU version.
@@ -776,8 +778,16 @@ impl Vmm for QemuVm {
             });
             match status.as_str() {
                 "completed" => {
-                    tokio::time::sleep(DOWNTIME_REREAD).await;
-                    let again = self.execute("query-migrate", None).await.unwrap_or(info);
+                    let mut again = info;
+                    let until = Instant::now() + DOWNTIME_REREAD;
+                    while u64_at(&again, &["downtime"]).unwrap_or(0) == 0 && Instant::now() < until
+                    {
+                        tokio::time::sleep(MIGRATE_POLL).await;
+                        match self.execute("query-migrate", None).await {
+                            Ok(v) => again = v,
+                            Err(_) => break,
+                        }
+                    }
                     return Ok(MigrationSummary {
                         total_ms: u64_at(&again, &["total-time"]).unwrap_or(elapsed_ms),
                         downtime_ms: u64_at(&again, &["downtime"]),

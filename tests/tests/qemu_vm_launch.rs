@@ -77,6 +77,24 @@ fn accelnet(ns: &str, bin: &Path, args: &[&str]) -> (i32, String) {
     (out.status, out.output)
 }
 
+/// `accelnet vm ARGS COMMON` in netns `ns`: (exit status, output).
+fn accelnet_vm(ns: &str, bin: &Path, common: &[&str], args: &[&str]) -> (i32, String) {
+    let mut all = vec!["vm"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(common);
+    accelnet(ns, bin, &all)
+}
+
+/// vm1's record in `vm list --json` on the host `ns`, `common`, if it has one.
+fn vm1_record(ns: &str, bin: &Path, common: &[&str]) -> Option<Value> {
+    let (st, out) = accelnet_vm(ns, bin, common, &["list", "--json"]);
+    assert_eq!(st, 0, "{out}");
+    let list: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    list.as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == "vm1"))
+        .cloned()
+}
+
 /// Waits until `file` has a line containing every one of `needles`; returns it.
 fn wait_line(file: &Path, needles: &[&str], timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
@@ -374,15 +392,11 @@ fn qemu_vm_launch_failover_migrate_and_stop() {
     });
     failover_faults(&fctx);
     // vm1 is back on host A, with a new QEMU.
-    let mut args = vec!["vm", "list", "--json"];
-    args.extend_from_slice(&common);
-    let (_, out) = accelnet(ns, &bin, &args);
-    let list: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let pid = list
-        .as_array()
-        .and_then(|a| a.iter().find(|v| v["name"] == "vm1"))
+    let rec = vm1_record(ns, &bin, &common);
+    let pid = rec
+        .as_ref()
         .and_then(|v| v["pid"].as_u64())
-        .unwrap_or_else(|| panic!("vm1 not running on A after the round trip: {out}"));
+        .unwrap_or_else(|| panic!("vm1 not running on A after the round trip: {rec:?}"));
     drop(sw_b);
 
     // Stop: QEMU gone, switch port gone, record stopped.
@@ -422,10 +436,7 @@ struct FailoverCtx<'a> {
 impl FailoverCtx<'_> {
     /// `accelnet vm ARGS --store ...`: (exit status, output).
     fn vm(&self, args: &[&str]) -> (i32, String) {
-        let mut all = vec!["vm"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(self.common);
-        accelnet(self.ns, self.bin, &all)
+        accelnet_vm(self.ns, self.bin, self.common, args)
     }
 
     fn vm_ok(&self, args: &[&str]) -> String {
@@ -744,20 +755,12 @@ struct MigrateCtx<'a> {
 impl MigrateCtx<'_> {
     /// `accelnet vm ARGS` on `side`: (exit status, output).
     fn vm(&self, side: &Side<'_>, args: &[&str]) -> (i32, String) {
-        let mut all = vec!["vm"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(side.common);
-        accelnet(side.ns, self.bin, &all)
+        accelnet_vm(side.ns, self.bin, side.common, args)
     }
 
     /// vm1's record on `side`, if it has one.
     fn record(&self, side: &Side<'_>) -> Option<Value> {
-        let (st, out) = self.vm(side, &["list", "--json"]);
-        assert_eq!(st, 0, "{out}");
-        let list: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        list.as_array()
-            .and_then(|a| a.iter().find(|v| v["name"] == "vm1"))
-            .cloned()
+        vm1_record(side.ns, self.bin, side.common)
     }
 
     /// Whether `side`'s switch has a port vm1.

@@ -116,6 +116,10 @@ impl HoldQueue {
         for f in self.frames.drain(..n) {
             self.bytes -= f.bytes.len();
         }
+        self.count_released(n);
+    }
+
+    fn count_released(&mut self, n: usize) {
         self.counts.released += n as u64;
         if self.via.is_some() {
             self.counts.redirected += n as u64;
@@ -131,10 +135,7 @@ impl HoldQueue {
         let n = n.min(self.frames.len());
         let out: Vec<HeldFrame> = self.frames.drain(..n).collect();
         self.bytes -= out.iter().map(|f| f.bytes.len()).sum::<usize>();
-        self.counts.released += n as u64;
-        if self.via.is_some() {
-            self.counts.redirected += n as u64;
-        }
+        self.count_released(n);
         out
     }
 

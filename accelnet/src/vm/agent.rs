@@ -22,7 +22,9 @@ use migration::live::OpError;
 use super::node::{LocalNode, NodeAnswer, NodeOp};
 use super::path::CLASS_NET;
 use super::store::{DirectState, Phase, VmRecord, VmStore};
-use super::{launch_record, switch_request, Incoming, LaunchArgs, ModelArg, Paths, VmmArg};
+use super::{
+    direct_label, launch_record, switch_request, Incoming, LaunchArgs, ModelArg, Paths, VmmArg,
+};
 
 /// Longest request line accepted (a VM spec is well under this).
 const MAX_REQUEST: u64 = 1 << 20;
@@ -282,20 +284,14 @@ async fn run(
         AgentRequest::Check { vm } => {
             let direct = match &vm.direct {
                 None => "none".to_string(),
-                Some(DirectWant::Standin {
-                    tap: Some(t),
-                    model,
-                }) => {
-                    if !Path::new(CLASS_NET).join(t).exists() {
-                        bail!("no VF stand-in {t} on this node");
-                    }
-                    format!("lab stand-in {} on tap {t}", model.qemu_device())
+                Some(DirectWant::Standin { tap, model }) => {
+                    let tap = match tap {
+                        Some(t) if Path::new(CLASS_NET).join(t).exists() => t.clone(),
+                        Some(t) => bail!("no VF stand-in {t} on this node"),
+                        None => free_standin(cfg, &store)?,
+                    };
+                    direct_label(&DirectPath::Standin { tap, model: *model }, false)
                 }
-                Some(DirectWant::Standin { tap: None, model }) => format!(
-                    "lab stand-in {} on tap {}",
-                    model.qemu_device(),
-                    free_standin(cfg, &store)?
-                ),
                 // The pool's own checks (tier, queue pairs, free) run at admission.
                 Some(DirectWant::Vf { select }) => format!("VF {select} of this node's pool"),
             };
@@ -373,10 +369,7 @@ async fn admit(
 fn describe_direct(rec: &VmRecord) -> Option<String> {
     match (&rec.spec.direct, rec.direct) {
         (_, DirectState::None) | (None, _) => None,
-        (Some(DirectPath::Vf { pci }), _) => Some(format!("VF {pci}")),
-        (Some(DirectPath::Standin { tap, model }), _) => {
-            Some(format!("lab stand-in {} on tap {tap}", model.qemu_device()))
-        }
+        (Some(d), _) => Some(direct_label(d, false)),
     }
 }
 

@@ -21,8 +21,9 @@ use vmm_plugin::DirectPath;
 
 use super::agent::{DirectWant, IncomingVm};
 use super::node::{LocalNode, NodeHost, Transport};
+use super::path::tier_name;
 use super::store::{DirectState, Phase, VmStore};
-use super::Paths;
+use super::{direct_label, node_name, Paths};
 use crate::sriov_cmd::{json, print};
 
 /// Arguments of `accelnet vm migrate`.
@@ -137,17 +138,12 @@ pub(super) async fn migrate(store: &VmStore, paths: &Paths, a: &MigrateArgs) -> 
         name: a.name.clone(),
         mac: spec.nic.mac.clone(),
         queue_pairs: spec.nic.queue_pairs,
-        tier: rec.performance.map(|t| format!("{t:?}").to_lowercase()),
+        tier: rec.performance.map(tier_name),
     };
     let source_direct = match (&spec.direct, had_direct) {
         (Some(d), true) => Some(DirectGrant {
             id: format!("{d:?}"),
-            label: match d {
-                DirectPath::Vf { pci } => format!("VF {pci}"),
-                DirectPath::Standin { tap, model } => {
-                    format!("lab stand-in {} on tap {tap}", model.qemu_device())
-                }
-            },
+            label: direct_label(d, false),
         }),
         _ => None,
     };
@@ -167,7 +163,7 @@ pub(super) async fn migrate(store: &VmStore, paths: &Paths, a: &MigrateArgs) -> 
             incoming: Box::new(incoming),
         },
     };
-    let src_name = read_hostname();
+    let src_name = node_name();
     let dst_name = a.to.display().to_string();
     let mut m = LiveMigration::new(
         &plan,
@@ -236,11 +232,6 @@ fn back_to_running(store: &VmStore, name: &str) {
     }) {
         log::warn!("VM {name}: cannot record it running again: {e}");
     }
-}
-
-fn read_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_or_else(|_| "this node".into(), |s| s.trim().to_string())
 }
 
 /// The progress display: one line per step and per progress report, on stderr.

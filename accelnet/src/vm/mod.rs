@@ -90,11 +90,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         match args.command {
             NodeCommand::Agent(a) => {
-                let node = match a.node {
-                    Some(n) => n,
-                    None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map_or_else(|_| "localhost".into(), |s| s.trim().to_string()),
-                };
+                let node = a.node.unwrap_or_else(node_name);
                 let cfg = agent::AgentConfig {
                     paths: args.paths,
                     switch_control: a.switch_control,
@@ -507,6 +503,53 @@ fn open_pool(paths: &Paths) -> anyhow::Result<VfPool> {
         .with_context(|| format!("cannot open the VF pool in {}", paths.pool_dir.display()))
 }
 
+/// Gives VF `vf` of VM `name` back to the pool (reset); returns why it was
+/// quarantined instead, if it was.
+fn release_vf(paths: &Paths, vf: &str, name: &str) -> anyhow::Result<Option<String>> {
+    Ok(match open_pool(paths)?.release(vf, Some(name))? {
+        sriov::pool::Outcome::Quarantined { reason } => Some(reason),
+        _ => None,
+    })
+}
+
+/// Removes VM `rec`'s switch port; a port that is gone already is fine.
+fn remove_switch_port(rec: &VmRecord) -> anyhow::Result<()> {
+    match vswitch::control::request(
+        &rec.switch_control,
+        &Request::PortDel {
+            name: rec.port.clone(),
+        },
+    ) {
+        Ok(Response::PortDeleted { .. }) => Ok(()),
+        Ok(Response::Error { message }) if message.contains("no VM port named") => Ok(()),
+        Ok(other) => bail!("removing its switch port: {other:?}"),
+        Err(e) => bail!("cannot reach the switch to remove its port: {e}"),
+    }
+}
+
+/// This node's name: its host name.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "localhost".into(), |s| s.trim().to_string())
+}
+
+/// A direct path for humans (`VF 0000:3b:02.1`, `lab stand-in e1000e on tap t`),
+/// with `(vfio-pci)` / `(not a VF)` after it when `with_kind`.
+fn direct_label(d: &DirectPath, with_kind: bool) -> String {
+    let (label, kind) = match d {
+        DirectPath::Vf { pci } => (format!("VF {pci}"), "vfio-pci"),
+        DirectPath::Standin { tap, model } => (
+            format!("lab stand-in {} on tap {tap}", model.qemu_device()),
+            "not a VF",
+        ),
+    };
+    if with_kind {
+        format!("{label} ({kind})")
+    } else {
+        label
+    }
+}
+
 /// A switch control request that must succeed.
 fn switch_request(control: &Path, req: &Request) -> anyhow::Result<Response> {
     let resp = vswitch::control::request(control, req)
@@ -598,13 +641,7 @@ async fn launch(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow::Resul
         rec.spec.nic.socket.display()
     );
     match &rec.spec.direct {
-        Some(DirectPath::Vf { pci }) => {
-            out.push_str(&format!("  direct path: VF {pci} (vfio-pci)\n"))
-        }
-        Some(DirectPath::Standin { tap, model }) => out.push_str(&format!(
-            "  direct path: lab stand-in {} on tap {tap} (not a VF)\n",
-            model.qemu_device()
-        )),
+        Some(d) => out.push_str(&format!("  direct path: {}\n", direct_label(d, true))),
         None => out.push_str("  direct path: none (not accelerated)\n"),
     }
     if rec.vmm == VmmKind::CloudHypervisor && rec.spec.direct.is_some() {
@@ -973,21 +1010,12 @@ async fn stop(store: &VmStore, paths: &Paths, name: &str, grace: Duration) -> an
         let mut vmm = vmm_for(&rec, None, true).await?;
         vmm.stop(grace).await?;
     }
-    match vswitch::control::request(
-        &rec.switch_control,
-        &Request::PortDel {
-            name: rec.port.clone(),
-        },
-    ) {
-        Ok(Response::PortDeleted { .. }) => {}
-        Ok(Response::Error { message }) if message.contains("no VM port named") => {}
-        Ok(other) => log::warn!("VM {name}: removing its switch port: {other:?}"),
-        Err(e) => log::warn!("VM {name}: cannot reach the switch to remove its port: {e}"),
+    if let Err(e) = remove_switch_port(&rec) {
+        log::warn!("VM {name}: {e:#}");
     }
     path::unsteer(rec.steering.as_ref());
     if let Some(vf) = &rec.vf {
-        let outcome = open_pool(paths)?.release(vf, Some(name))?;
-        if let sriov::pool::Outcome::Quarantined { reason } = outcome {
+        if let Some(reason) = release_vf(paths, vf, name)? {
             log::warn!("VM {name}: VF {vf} could not be reset and is quarantined: {reason}");
         }
     }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use migration::live::{
     DirectGrant, IncomingEndpoint, MigrationProgress, MigrationStats, OpError, OpErrorKind,
@@ -19,15 +19,15 @@ use serde::{Deserialize, Serialize};
 use sriov::steer::Route as SteerRoute;
 use vmm_plugin::qemu::{QemuOptions, QemuVm};
 use vmm_plugin::{VmState, VmmError, VmmKind};
-use vswitch::{Request, Response};
 
 use super::agent::{self, AgentRequest, AgentResponse, IncomingVm};
 use super::path::{self, CLASS_NET};
 use super::store::{DirectState, Phase, VmRecord, VmStore};
-use super::{open_pool, switch_request, vmm_for, Paths};
+use super::{release_vf, remove_switch_port, vmm_for, Paths};
 
-/// How long a hold taken for a path change may last if nobody releases it.
-const HOLD_LIMIT: Duration = Duration::from_secs(30);
+/// The path change a hold covers; the switch ends it 2 s later by itself if
+/// nobody releases it (30 s in all).
+const HOLD_LIMIT: Duration = Duration::from_secs(28);
 /// How long an agent request may take beyond its own timeouts.
 const AGENT_SLACK: Duration = Duration::from_secs(30);
 
@@ -299,23 +299,15 @@ impl LocalNode {
                     );
                     return Ok(NodeAnswer::GuestSeen { seen: true });
                 };
-                let deadline = Instant::now() + Duration::from_millis(*settle_ms);
-                loop {
-                    if s.direct_tx_frames(class_net).is_some_and(|n| n > before) {
-                        return Ok(NodeAnswer::GuestSeen { seen: true });
-                    }
-                    if Instant::now() >= deadline {
-                        return Ok(NodeAnswer::GuestSeen { seen: false });
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                let settle = Duration::from_millis(*settle_ms);
+                let seen = path::wait_guest_on_direct(s, before, settle).await;
+                Ok(NodeAnswer::GuestSeen { seen })
             }
             NodeOp::ReleaseDirect => {
                 if let Some(vf) = &rec.vf {
-                    let outcome = open_pool(&self.paths)
-                        .and_then(|p| Ok(p.release(vf, Some(name))?))
+                    let quarantined = release_vf(&self.paths, vf, name)
                         .map_err(|e| op_error(OpErrorKind::Failed, &e))?;
-                    if let sriov::pool::Outcome::Quarantined { reason } = outcome {
+                    if let Some(reason) = quarantined {
                         log::warn!(
                             "VM {name}: VF {vf} could not be reset and is quarantined: {reason}"
                         );
@@ -336,54 +328,18 @@ impl LocalNode {
             }
             NodeOp::ReleaseHold { onto } => {
                 let via = match onto {
-                    PathKind::Direct => rec
-                        .steering
-                        .as_ref()
-                        .and_then(|s| s.switch_uplink())
-                        .map(str::to_string),
+                    PathKind::Direct => rec.steering.as_ref().and_then(|s| s.switch_uplink()),
                     PathKind::Synthetic => None,
                 };
                 let frames = switch_hold(&rec, false, via)?;
                 Ok(NodeAnswer::Released { frames })
             }
             NodeOp::Announce => {
-                let mac: sriov::mac::MacAddr = rec
-                    .spec
-                    .nic
-                    .mac
-                    .parse()
-                    .map_err(|e| OpError::failed(format!("VM {name}: its MAC: {e}")))?;
-                match switch_request(
-                    &rec.switch_control,
-                    &Request::Announce {
-                        port: rec.port.clone(),
-                        mac: vswitch::MacAddr(mac.0),
-                    },
-                ) {
-                    Ok(Response::Announced { .. }) => Ok(NodeAnswer::Done),
-                    Ok(other) => Err(OpError::failed(format!(
-                        "the switch answered the announce with {other:?}"
-                    ))),
-                    Err(e) => Err(op_error(OpErrorKind::Unavailable, &e)),
-                }
+                path::announce(&rec).map_err(|e| op_error(OpErrorKind::Unavailable, &e))?;
+                Ok(NodeAnswer::Done)
             }
             NodeOp::RemovePort => {
-                match vswitch::control::request(
-                    &rec.switch_control,
-                    &Request::PortDel {
-                        name: rec.port.clone(),
-                    },
-                ) {
-                    Ok(Response::PortDeleted { .. }) => {}
-                    Ok(Response::Error { message }) if message.contains("no VM port named") => {}
-                    Ok(other) => {
-                        return Err(OpError::failed(format!(
-                            "removing port {}: the switch answered {other:?}",
-                            rec.port
-                        )))
-                    }
-                    Err(e) => return Err(OpError::from_error(OpErrorKind::Unavailable, &e)),
-                }
+                remove_switch_port(&rec).map_err(|e| op_error(OpErrorKind::Unavailable, &e))?;
                 path::unsteer(rec.steering.as_ref());
                 Ok(NodeAnswer::Done)
             }
@@ -397,20 +353,10 @@ impl LocalNode {
 }
 
 /// Starts the hold, or releases it (out of uplink `via`); returns the frames held.
-fn switch_hold(rec: &VmRecord, on: bool, via: Option<String>) -> Result<u64, OpError> {
-    let req = Request::Hold {
-        port: rec.port.clone(),
-        hold: on,
-        max_ms: on.then(|| u64::try_from(HOLD_LIMIT.as_millis()).unwrap_or(u64::MAX)),
-        via,
-    };
-    match switch_request(&rec.switch_control, &req) {
-        Ok(Response::Held { held, .. }) => Ok(held),
-        Ok(other) => Err(OpError::failed(format!(
-            "the switch answered {other:?} to a hold"
-        ))),
-        Err(e) => Err(op_error(OpErrorKind::Unavailable, &e)),
-    }
+fn switch_hold(rec: &VmRecord, on: bool, via: Option<&str>) -> Result<u64, OpError> {
+    path::switch_hold(rec, on, HOLD_LIMIT, via)
+        .map(|(held, _)| held)
+        .map_err(|e| op_error(OpErrorKind::Unavailable, &e))
 }
 
 /// Where a [`NodeHost`]'s operations run.

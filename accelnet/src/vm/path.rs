@@ -36,8 +36,8 @@ use vswitch::{Request, Response};
 
 use super::store::{DirectState, Phase, VmRecord, VmStore};
 use super::{
-    allocate_vf, open_pool, switch_request, tier_queue_pairs, vf_queue_pairs, vmm_for, ModelArg,
-    Paths, TierArg,
+    allocate_vf, direct_label, open_pool, release_vf, switch_request, tier_queue_pairs,
+    vf_queue_pairs, vmm_for, ModelArg, Paths, TierArg,
 };
 use crate::sriov_cmd::{json, print};
 
@@ -224,12 +224,16 @@ fn ms_since(t0: Instant) -> u64 {
     u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Starts (`on`) or releases the switch's hold on the VM port's receive side,
-/// releasing to the guest or, with `via`, out of that uplink (to the VF through
-/// the embedded switch); returns the frames held and, of those, sent via the
-/// uplink. A switch that cannot hold is logged, not fatal: the path change still
-/// works, with the guest's switch-over window unprotected.
-fn hold(rec: &VmRecord, on: bool, within: Duration, via: Option<&str>) -> Option<(u64, u64)> {
+/// Starts (`on`, ending by itself after `within` plus 2 s) or releases the
+/// switch's hold on the VM port's receive side, releasing to the guest or, with
+/// `via`, out of that uplink (to the VF through the embedded switch); returns the
+/// frames held and, of those, sent via the uplink.
+pub(super) fn switch_hold(
+    rec: &VmRecord,
+    on: bool,
+    within: Duration,
+    via: Option<&str>,
+) -> anyhow::Result<(u64, u64)> {
     let req = Request::Hold {
         port: rec.port.clone(),
         hold: on,
@@ -237,22 +241,63 @@ fn hold(rec: &VmRecord, on: bool, within: Duration, via: Option<&str>) -> Option
         max_ms: on.then(|| u64::try_from(within.as_millis()).unwrap_or(u64::MAX) + 2000),
         via: via.map(str::to_string),
     };
-    match switch_request(&rec.switch_control, &req) {
-        Ok(Response::Held {
+    match switch_request(&rec.switch_control, &req)? {
+        Response::Held {
             held, redirected, ..
-        }) => Some((held, redirected)),
-        Ok(other) => {
-            log::warn!("VM {}: the switch answered {other:?} to a hold", rec.name());
-            None
-        }
-        Err(e) => {
+        } => Ok((held, redirected)),
+        other => bail!("the switch answered {other:?} to a hold"),
+    }
+}
+
+/// [`switch_hold`] for a path change that works without it: a switch that cannot
+/// hold is logged, not fatal (the guest's switch-over window is unprotected).
+fn hold(rec: &VmRecord, on: bool, within: Duration, via: Option<&str>) -> Option<(u64, u64)> {
+    switch_hold(rec, on, within, via)
+        .map_err(|e| {
             log::warn!(
                 "VM {}: switch hold {}: {e:#}",
                 rec.name(),
                 if on { "on" } else { "off" }
             );
-            None
+        })
+        .ok()
+}
+
+/// Has the switch announce the VM's MAC out of its uplinks; returns them.
+pub(super) fn announce(rec: &VmRecord) -> anyhow::Result<Vec<String>> {
+    let mac: MacAddr = rec.spec.nic.mac.parse()?;
+    match switch_request(
+        &rec.switch_control,
+        &Request::Announce {
+            port: rec.port.clone(),
+            mac: vswitch::MacAddr(mac.0),
+        },
+    )? {
+        Response::Announced { uplinks, .. } => Ok(uplinks),
+        other => bail!("the switch answered the announce with {other:?}"),
+    }
+}
+
+/// Waits up to `settle` for the guest's first frame over the direct path, i.e.
+/// for `steering`'s counter to pass `before`; returns whether it came.
+pub(super) async fn wait_guest_on_direct(
+    steering: &Steering,
+    before: u64,
+    settle: Duration,
+) -> bool {
+    let class_net = Path::new(CLASS_NET);
+    let deadline = Instant::now() + settle;
+    loop {
+        if steering
+            .direct_tx_frames(class_net)
+            .is_some_and(|n| n > before)
+        {
+            return true;
         }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -476,30 +521,18 @@ async fn finish_disable(
     change.held = hold(rec, false, Duration::ZERO, None).map(|(held, _)| held);
     pinned?;
     change.pinned_ms = Some(ms_since(t0));
-    let mac: MacAddr = rec.spec.nic.mac.parse()?;
-    match switch_request(
-        &rec.switch_control,
-        &Request::Announce {
-            port: rec.port.clone(),
-            mac: vswitch::MacAddr(mac.0),
-        },
-    ) {
-        Ok(Response::Announced { uplinks, .. }) => change.announced = uplinks,
-        Ok(other) => change
-            .notes
-            .push(format!("the switch answered the announce with {other:?}")),
+    match announce(rec) {
+        Ok(uplinks) => change.announced = uplinks,
         Err(e) => change
             .notes
             .push(format!("could not announce the MAC on the wire: {e:#}")),
     }
     change.total_ms = ms_since(t0);
     if let Some(vf) = &rec.vf {
-        match open_pool(paths)?.release(vf, Some(name))? {
-            sriov::pool::Outcome::Quarantined { reason } => change.notes.push(format!(
-                "VF {vf} could not be reset and is quarantined: {reason}"
-            )),
-            _ => change.notes.push(format!("VF {vf} returned to the pool")),
-        }
+        change.notes.push(match release_vf(paths, vf, name)? {
+            Some(reason) => format!("VF {vf} could not be reset and is quarantined: {reason}"),
+            None => format!("VF {vf} returned to the pool"),
+        });
     }
     let real_vf = rec.vf.is_some();
     store.update(name, |r| {
@@ -598,15 +631,7 @@ async fn enable_one(
         }
         (None, None) => unreachable!("checked above"),
     };
-    change.vf = Some(match &path {
-        DirectPath::Vf { pci } => format!("VF {pci} (vfio-pci)"),
-        DirectPath::Standin { tap, model } => {
-            format!(
-                "lab stand-in {} on tap {tap} (not a VF)",
-                model.qemu_device()
-            )
-        }
-    });
+    change.vf = Some(direct_label(&path, true));
     change.steering = Some(steering.to_string());
     let give_back = |paths: &Paths| {
         if let Some(vf) = &taken_vf {
@@ -657,23 +682,13 @@ async fn enable_one(
     // 5. Wait until the guest sends over the primary: then its link is up and
     //    net_failover uses it; pin the MAC there.
     if let Some(before) = sent_before {
-        let deadline = Instant::now() + settle;
-        loop {
-            if steering
-                .direct_tx_frames(class_net)
-                .is_some_and(|n| n > before)
-            {
-                change.guest_on_direct_ms = Some(ms_since(t0));
-                break;
-            }
-            if Instant::now() >= deadline {
-                change.notes.push(format!(
-                    "the guest sent nothing over the primary within {} s; the MAC is pinned to it anyway",
-                    a.settle
-                ));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        if wait_guest_on_direct(&steering, before, settle).await {
+            change.guest_on_direct_ms = Some(ms_since(t0));
+        } else {
+            change.notes.push(format!(
+                "the guest sent nothing over the primary within {} s; the MAC is pinned to it anyway",
+                a.settle
+            ));
         }
     }
     let pinned = route(Some(&steering), Route::Direct);
@@ -777,6 +792,6 @@ pub(super) fn set(store: &VmStore, paths: &Paths, a: &SetArgs) -> anyhow::Result
 }
 
 /// `low`, `medium`, `high`: as the CLI spells tiers.
-fn tier_name(t: Tier) -> String {
+pub(super) fn tier_name(t: Tier) -> String {
     format!("{t:?}").to_lowercase()
 }

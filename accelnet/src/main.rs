@@ -29,8 +29,11 @@ enum Command {
     Cluster(cluster_cmd::ClusterArgs),
     /// Launch, list and stop VMs with the VF + synthetic pair.
     Vm(vm::VmArgs),
-    /// This node's agent (the destination side of live migrations).
+    /// This node: its agent (live migrations' destination, host-reserved
+    /// failover) and drains.
     Node(vm::NodeArgs),
+    /// Run a failover drill on a VM under a probe and report what the guest saw.
+    Drill(vm::drill::DrillArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +56,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(args) => cluster_cmd::run(args),
         Command::Vm(args) => vm::run(args),
         Command::Node(args) => vm::run_node(args),
+        Command::Drill(args) => vm::drill::run(args),
     }
 }

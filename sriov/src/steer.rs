@@ -266,6 +266,11 @@ impl Steering {
                         };
                         // Replace moves the entry in one step: no window without it.
                         nl.bridge_fdb_pin(port, *mac)?;
+                        // A stand-in port that is gone floods nothing (the route
+                        // away from a deleted stand-in).
+                        if route == Route::Synthetic && !class_net.join(vf_port).exists() {
+                            return Ok(());
+                        }
                         write_flag(&flood, false)
                     }
                     Route::Both => {

@@ -41,6 +41,10 @@ fn lay_out_sriov_host(ns: &str) {
         "ip link set pf0 up",
         "ip link set pfup0 up",
         "ip tuntap add dev vf0tap mode tap",
+        // The stand-in's tap queues what reaches it while the emulated NIC's
+        // receiver is off (a VF drops it instead); room for a second of 1000/s
+        // plus the switch's held frames released onto it.
+        "ip link set vf0tap txqueuelen 4096",
         "ip link set vf0tap master esw0",
         "ip link set vf0tap up",
     ] {
@@ -172,6 +176,8 @@ fn qemu_vm_launch_failover_migrate_and_stop() {
         }
     }
     let _kill = KillVms(vms.clone());
+    // The switch-restart drill starts host A's switch again, detached from the test.
+    let _kill_sw = KillVms(format!("switch run --uplink pfup0 --control {ctl_s}"));
     // Host B: its own switch, state and VM directory; both hosts run a node agent.
     let run_b = run.join("b");
     std::fs::create_dir_all(&run_b).unwrap_or_else(|e| panic!("{e}"));
@@ -372,7 +378,7 @@ fn qemu_vm_launch_failover_migrate_and_stop() {
     };
     failover(&fctx);
 
-    migrate_there_and_back(&MigrateCtx {
+    let mctx = MigrateCtx {
         a: Side {
             ns,
             common: &common,
@@ -389,7 +395,9 @@ fn qemu_vm_launch_failover_migrate_and_stop() {
         },
         bin: &bin,
         wire: &wire,
-    });
+    };
+    migrate_there_and_back(&mctx);
+    drills(&mctx, lab.log_dir());
     failover_faults(&fctx);
     // vm1 is back on host A, with a new QEMU.
     let rec = vm1_record(ns, &bin, &common);
@@ -701,6 +709,9 @@ impl Agent {
                 "vf0tap",
                 "--node",
                 ns,
+                // Host-reserved failover moves back 1 s after the direct path returns.
+                "--failover-hold-down",
+                "1",
             ])
             .args([
                 "--store",
@@ -904,12 +915,23 @@ fn migrate_there_and_back(c: &MigrateCtx<'_>) {
         "{out}"
     );
     // A second migration while one runs (its lock held here).
-    let lock = std::fs::File::create(PathBuf::from(c.a.vms).join("vm1/migrate.lock"))
+    let mut lock = std::fs::File::create(PathBuf::from(c.a.vms).join("vm1/op.lock"))
         .unwrap_or_else(|e| panic!("{e}"));
     lock.lock().unwrap_or_else(|e| panic!("{e}"));
+    std::io::Write::write_all(&mut lock, b"a migration (pid 1)").unwrap_or_else(|e| panic!("{e}"));
     let (st, out) = c.vm(&c.a, &["migrate", "vm1", "--to", &b_sock]);
     assert_eq!(st, 1, "{out}");
-    assert!(out.contains("a migration is in progress"), "{out}");
+    assert!(
+        out.contains("is busy: a migration (pid 1) is in progress"),
+        "{out}"
+    );
+    // vm enable / disable wait their turn the same way.
+    let (st, out) = c.vm(&c.a, &["disable", "vm1"]);
+    assert_eq!(st, 1, "{out}");
+    assert!(
+        out.contains("is busy: a migration (pid 1) is in progress"),
+        "{out}"
+    );
     drop(lock);
     // Each refusal left vm1 as it was: running on A, on its direct path, B untouched.
     let rec = c.record(&c.a).unwrap_or_else(|| panic!("vm1 gone from A"));
@@ -920,4 +942,187 @@ fn migrate_there_and_back(c: &MigrateCtx<'_>) {
     let there = c.probed_migration(&c.a, &c.b, 100);
     let back = c.probed_migration(&c.b, &c.a, 100);
     log(format!("{there}\n{back}"));
+}
+
+/// `accelnet drill SCENARIO --vm vm1 --json` on `side` under a probe from the
+/// wire at `rate`; the parsed report (the drill must succeed). The chart goes to
+/// the test's logs.
+fn drill(
+    c: &MigrateCtx<'_>,
+    side: &Side<'_>,
+    scenario: &str,
+    rate: u32,
+    extra: &[&str],
+    logs: &Path,
+) -> Value {
+    let plot = logs.join(format!("drill-{scenario}-{rate}.svg"));
+    let plot_s = plot.to_string_lossy().into_owned();
+    let rate_s = rate.to_string();
+    let mut args = vec![
+        "drill",
+        scenario,
+        "--vm",
+        "vm1",
+        "--target",
+        GUEST_IP,
+        "--probe-netns",
+        c.wire.netns(),
+        "--rate",
+        &rate_s,
+        "--settle",
+        "1",
+        "--hold",
+        "1",
+        "--json",
+        "--plot",
+        &plot_s,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(side.common);
+    let (st, out) = accelnet(side.ns, c.bin, &args);
+    let v = json_in(&out);
+    assert_eq!(st, 0, "drill {scenario} failed: {out}");
+    let svg = std::fs::read_to_string(&plot).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        svg.starts_with("<svg") || svg.starts_with("<?xml"),
+        "{svg:.100}"
+    );
+    let phases: Vec<String> = v["phase_loss"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no phase_loss: {v}"))
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}/{} lost{}",
+                p["phase"].as_str().unwrap_or("?"),
+                p["lost"],
+                p["sent"],
+                p["longest_gap"]["len"]
+                    .as_f64()
+                    .map_or(String::new(), |g| format!(" (gap {g:.3} s)"))
+            )
+        })
+        .collect();
+    let pr = &v["probe"];
+    log(format!(
+        "drill {scenario} at {rate}/s: lost {} of {}, duplicates {}, reordered {}, longest gap {:.3} s, longest silence {:.3} s; phases: {}; paths: {}",
+        pr["lost"],
+        pr["sent"],
+        pr["duplicates"],
+        pr["reordered"],
+        pr["longest_gap"]["len"].as_f64().unwrap_or(0.0),
+        pr["longest_silence"]["len"].as_f64().unwrap_or(0.0),
+        phases.join(", "),
+        v["path_timeline"]
+            .as_array()
+            .map(|a| {
+                let mut last = String::new();
+                let mut changes = Vec::new();
+                for p in a {
+                    let path = p["path"].as_str().unwrap_or("?").to_string();
+                    if path != last {
+                        changes.push(format!("+{:.2}s {path}", p["offset"].as_f64().unwrap_or(0.0)));
+                        last = path;
+                    }
+                }
+                changes.join(" ")
+            })
+            .unwrap_or_default()
+    ));
+    log(format!(
+        "drill {scenario} steps: {}; stand-in tap drops so far: {}",
+        v["steps"],
+        in_ns(
+            side.ns,
+            &["cat", "/sys/class/net/vf0tap/statistics/tx_dropped"]
+        )
+        .trim()
+    ));
+    assert_eq!(v["scenario"], scenario, "{v}");
+    assert!(
+        pr["recovered"].as_bool().unwrap_or(false),
+        "the guest did not answer at the end: {v}"
+    );
+    v
+}
+
+/// Lost requests of phase `name` of a drill report.
+fn phase_lost(v: &Value, name: &str) -> u64 {
+    v["phase_loss"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["phase"] == name))
+        .and_then(|p| p["lost"].as_u64())
+        .unwrap_or_else(|| panic!("no phase {name}: {v}"))
+}
+
+/// Every drill scenario on vm1 (on host A, on its direct path, at the start and
+/// at the end).
+fn drills(c: &MigrateCtx<'_>, logs: &Path) {
+    // Planned unplug and re-plug: the switch holds the frames across each change.
+    for rate in [100, 1000] {
+        let v = drill(c, &c.a, "unplug-replug", rate, &[], logs);
+        for phase in ["unplug", "synthetic", "replug"] {
+            assert!(
+                phase_lost(&v, phase) <= u64::from(rate / 100),
+                "{phase}: {v}"
+            );
+        }
+        assert_eq!(v["steps"][0]["direct"], "detached", "{v}");
+        assert_eq!(v["steps"][1]["direct"], "attached", "{v}");
+    }
+    // The direct path fails under the VM: the node agent moves it to the synthetic
+    // path without anyone asking, and back once the path has returned for 1 s.
+    for fault in ["link-down", "remove"] {
+        let v = drill(c, &c.a, "vf-fault", 100, &["--fault", fault], logs);
+        let steps = v["steps"].as_array().unwrap_or_else(|| panic!("{v}"));
+        let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+        assert_eq!(names, ["fault", "moved", "restored", "moved-back"], "{v}");
+        assert!(
+            steps[1]["after_ms"].as_u64().unwrap_or(u64::MAX) < 2000,
+            "{v}"
+        );
+        // On the synthetic path the VM is reachable; nothing lost once it moved.
+        assert_eq!(phase_lost(&v, "synthetic"), 0, "{v}");
+        let rec = vm1_record(c.a.ns, c.bin, c.a.common).unwrap_or_else(|| panic!("vm1 gone"));
+        assert_eq!(rec["direct"], "attached", "{rec}");
+        assert!(rec.get("failover").is_none(), "{rec}");
+    }
+    // The switch is killed and started again: the VM is on its direct path, the
+    // agent (and the drill) give the new switch the VM's port, QEMU reconnects.
+    let v = drill(c, &c.a, "switch-restart", 100, &[], logs);
+    assert!(v["steps"][0]["new_pid"].as_u64().is_some(), "{v}");
+    assert_eq!(v["steps"][1]["step"], "reconnected", "{v}");
+    assert!(phase_lost(&v, "restart") <= 1, "{v}");
+    // The synthetic path works through the restarted switch: disable, ping, enable.
+    let (st, out) = c.vm(&c.a, &["disable", "vm1"]);
+    assert_eq!(st, 0, "{out}");
+    let ping = c
+        .wire
+        .ping(GUEST_IP, 5, 10)
+        .unwrap_or_else(|e| panic!("through the restarted switch: {e}"));
+    assert!(ping.received >= 4, "{ping:?}");
+    let (st, out) = c.vm(&c.a, &["enable", "vm1"]);
+    assert_eq!(st, 0, "{out}");
+    // Live migration A -> B as a drill, then B drained back to A.
+    let to_a = c.a.agent.to_string_lossy().into_owned();
+    let to_b = c.b.agent.to_string_lossy().into_owned();
+    let v = drill(c, &c.a, "migrate", 100, &["--to", &to_b], logs);
+    assert_eq!(
+        v["steps"][0]["final_state"]["runs_on"], "destination",
+        "{v}"
+    );
+    log(format!(
+        "drill migrate: downtime {} ms, migration {} ms, total {} ms",
+        v["steps"][0]["downtime_ms"], v["steps"][0]["migration_ms"], v["steps"][0]["total_ms"]
+    ));
+    let v = drill(c, &c.b, "node-drain", 100, &["--to", &to_a], logs);
+    let vms = v["steps"][0]["vms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(vms.len(), 1, "{v}");
+    assert_eq!(vms[0]["migrated"], true, "{v}");
+    let rec = vm1_record(c.a.ns, c.bin, c.a.common).unwrap_or_else(|| panic!("vm1 not back on A"));
+    assert_eq!(rec["phase"], "running", "{rec}");
+    assert_eq!(rec["direct"], "attached", "{rec}");
+    assert!(vm1_record(c.b.ns, c.bin, c.b.common).is_none());
 }

@@ -6,15 +6,14 @@
 //! [`super::node`]). One migration per VM at a time: a file lock in the VM's run
 //! directory, held for the whole run, refuses a second `vm migrate`.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use migration::live::{
-    DirectGrant, Event, InFlight, LiveMigration, MigrationOptions, MigrationPlan, MigrationReport,
-    StepOutcome, VmNet,
+    DirectGrant, Event, InFlight, LiveMigration, MigrationError, MigrationOptions, MigrationPlan,
+    MigrationReport, StepOutcome, VmNet,
 };
 use serde::Serialize;
 use vmm_plugin::DirectPath;
@@ -23,37 +22,37 @@ use super::agent::{DirectWant, IncomingVm};
 use super::node::{LocalNode, NodeHost, Transport};
 use super::path::tier_name;
 use super::store::{DirectState, Phase, VmStore};
-use super::{direct_label, node_name, Paths};
+use super::{direct_label, node_name, OpLock, Paths};
 use crate::sriov_cmd::{json, print};
 
 /// Arguments of `accelnet vm migrate`.
 #[derive(Debug, Args)]
 pub(super) struct MigrateArgs {
     /// The VM.
-    name: String,
+    pub(super) name: String,
     /// The destination node's agent socket (`accelnet node agent --listen`).
     #[arg(long, value_name = "SOCKET")]
-    to: PathBuf,
+    pub(super) to: PathBuf,
     /// The destination's VF stand-in tap (lab); default: any free one the agent
     /// offers. Only for a VM whose direct path is a stand-in.
     #[arg(long, value_name = "TAP")]
-    dest_vf_standin: Option<String>,
+    pub(super) dest_vf_standin: Option<String>,
     /// The destination's VF: a PCI address or `auto` (default: `auto`). Only for
     /// a VM whose direct path is a VF.
     #[arg(long, value_name = "PCI|auto")]
-    dest_vf: Option<String>,
+    pub(super) dest_vf: Option<String>,
     /// Leave the VM on the synthetic path at the destination.
     #[arg(long, conflicts_with_all = ["dest_vf", "dest_vf_standin"])]
-    no_direct: bool,
+    pub(super) no_direct: bool,
     /// Seconds the guest may take to release its direct path at the source.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
-    unplug_timeout: u64,
+    pub(super) unplug_timeout: u64,
     /// Seconds to wait for the guest to use the destination's direct path.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
-    settle: u64,
+    pub(super) settle: u64,
     /// Print the report as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// What `vm migrate --json` prints on success.
@@ -66,6 +65,34 @@ struct Outcome<'a> {
 
 /// `accelnet vm migrate`.
 pub(super) async fn migrate(store: &VmStore, paths: &Paths, a: &MigrateArgs) -> anyhow::Result<()> {
+    // JSON output stays machine-readable: no progress lines then.
+    match migrate_vm(store, paths, a, !a.json).await? {
+        Ok(report) => {
+            if a.json {
+                return print(&json(&Outcome {
+                    migrated: report.final_state.on_destination(),
+                    report: &report,
+                })?);
+            }
+            print(&human(&report))
+        }
+        Err(e) => {
+            if a.json {
+                print(&json(&e)?)?;
+            }
+            Err(anyhow::Error::new(e))
+        }
+    }
+}
+
+/// Migrates VM `a.name` as `vm migrate` does (progress on stderr with `progress`);
+/// the outer error is one found before the migration started.
+pub(super) async fn migrate_vm(
+    store: &VmStore,
+    paths: &Paths,
+    a: &MigrateArgs,
+    progress: bool,
+) -> anyhow::Result<Result<MigrationReport, MigrationError>> {
     let rec = store.get(&a.name)?;
     if rec.phase != Phase::Running {
         bail!(
@@ -77,19 +104,8 @@ pub(super) async fn migrate(store: &VmStore, paths: &Paths, a: &MigrateArgs) -> 
     if !rec.process_alive(std::path::Path::new("/proc")) {
         bail!("VM {}: its {} process is gone", a.name, rec.vmm);
     }
-    // One migration per VM, across processes: the lock lives as long as the run.
-    std::fs::create_dir_all(&rec.run_dir)
-        .with_context(|| format!("cannot create {}", rec.run_dir.display()))?;
-    let lock_path = rec.run_dir.join("migrate.lock");
-    let lock =
-        File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "VM {} is busy: a migration is in progress (lock {} held)",
-            a.name,
-            lock_path.display()
-        );
-    }
+    // One operation per VM, across processes: the lock lives as long as the run.
+    let lock = OpLock::take(&rec, "a migration")?;
     let inflight = InFlight::new();
     let mut guard = inflight.begin(&a.name, "migration")?;
     guard.keep(lock);
@@ -184,10 +200,8 @@ pub(super) async fn migrate(store: &VmStore, paths: &Paths, a: &MigrateArgs) -> 
         unplug_timeout: Duration::from_secs(a.unplug_timeout),
         settle: Duration::from_secs(a.settle),
     };
-    // JSON output stays machine-readable: no progress lines then.
-    let quiet = a.json;
     let show = move |e: &Event| {
-        if !quiet {
+        if progress {
             show_event(e);
         }
     };
@@ -197,7 +211,7 @@ pub(super) async fn migrate(store: &VmStore, paths: &Paths, a: &MigrateArgs) -> 
         Ok(())
     })?;
     let res = m.run(&guard).await;
-    match res {
+    match &res {
         Ok(report) => {
             if report.final_state.on_destination() {
                 // The source's VMM, VF and port are released; the VM lives there now.
@@ -205,24 +219,14 @@ pub(super) async fn migrate(store: &VmStore, paths: &Paths, a: &MigrateArgs) -> 
             } else {
                 back_to_running(store, &a.name);
             }
-            if a.json {
-                return print(&json(&Outcome {
-                    migrated: report.final_state.on_destination(),
-                    report: &report,
-                })?);
-            }
-            print(&human(&report))
         }
         Err(e) => {
             if matches!(e.final_state, migration::live::FinalState::Source { .. }) {
                 back_to_running(store, &a.name);
             }
-            if a.json {
-                print(&json(&e)?)?;
-            }
-            Err(anyhow::Error::new(e))
         }
     }
+    Ok(res)
 }
 
 fn back_to_running(store: &VmStore, name: &str) {

@@ -7,7 +7,10 @@
 //! the reason; a crash in between is found by the next command (`VmStore::repair`).
 
 pub mod agent;
+mod drain;
+pub mod drill;
 mod migrate;
+mod monitor;
 mod node;
 mod path;
 pub mod store;
@@ -56,8 +59,12 @@ pub struct NodeArgs {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// Run this node's agent: the destination side of live migrations.
+    /// Run this node's agent: the destination side of live migrations, and
+    /// host-reserved failover of this node's VMs.
     Agent(AgentArgs),
+    /// Live-migrate every accelerated VM of this node to another node (rolled
+    /// back per VM on failure).
+    Drain(drain::DrainArgs),
 }
 
 /// Arguments of `accelnet node agent`.
@@ -79,6 +86,31 @@ struct AgentArgs {
     /// The node's name (default: the host name).
     #[arg(long)]
     node: Option<String>,
+    /// Do not run host-reserved failover (by default the agent moves a VM whose
+    /// direct path fails to the synthetic path, and back when the path returns).
+    #[arg(long)]
+    no_failover: bool,
+    /// Seconds a failed direct path must be back before the VM moves back to it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
+    failover_hold_down: f64,
+    /// Seconds a move back may take until the guest is seen on the direct path;
+    /// past it the move is undone (retried up to 3 times).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = seconds)]
+    failover_verify: f64,
+    /// Milliseconds between two looks at the VMs' direct paths.
+    #[arg(long, value_name = "MS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    failover_interval_ms: u64,
+}
+
+/// A number of seconds from 0 to one day.
+pub(super) fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 86400 seconds"))
+    }
 }
 
 /// Runs `accelnet node ...`.
@@ -91,6 +123,18 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         match args.command {
             NodeCommand::Agent(a) => {
                 let node = a.node.unwrap_or_else(node_name);
+                if !a.no_failover {
+                    let config = monitor::MonitorConfig {
+                        failover: migration::failover::FailoverConfig {
+                            hold_down: Duration::from_secs_f64(a.failover_hold_down),
+                            verify_timeout: Duration::from_secs_f64(a.failover_verify),
+                            ..migration::failover::FailoverConfig::default()
+                        },
+                        interval: Duration::from_millis(a.failover_interval_ms),
+                        unplug_timeout: Duration::from_secs(10),
+                    };
+                    tokio::spawn(monitor::Monitor::new(args.paths.clone(), config).run());
+                }
                 let cfg = agent::AgentConfig {
                     paths: args.paths,
                     switch_control: a.switch_control,
@@ -99,6 +143,11 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                     node,
                 };
                 agent::serve(cfg, &a.listen).await
+            }
+            NodeCommand::Drain(a) => {
+                let store = VmStore::open(&args.paths.store)?;
+                store.repair(Path::new("/proc"))?;
+                drain::run(&store, &args.paths, &a).await
             }
         }
     })
@@ -734,6 +783,7 @@ async fn launch_record(store: &VmStore, paths: &Paths, a: &LaunchArgs) -> anyhow
         },
         steering: None,
         vf_select: a.vf.clone(),
+        failover: None,
         pid: None,
         start_time: None,
         run_dir: run_dir.clone(),
@@ -802,15 +852,12 @@ async fn launch_steps(
         })?;
     }
     // 2. The synthetic path: a port on the switch, only the VM's MAC may send.
-    let mut port = PortConfig::new(&rec.spec.nic.socket);
-    port.name = Some(rec.port.clone());
-    port.vlan = a.vlan;
-    port.queues = rec.spec.nic.queue_pairs;
-    port.policy = PolicyConfig {
-        allowed_macs: vec![vswitch::MacAddr(mac.0)],
-        ..PolicyConfig::default()
-    };
-    switch_request(&rec.switch_control, &Request::PortAdd { port })?;
+    switch_request(
+        &rec.switch_control,
+        &Request::PortAdd {
+            port: port_config(rec, mac),
+        },
+    )?;
     undo.port = Some((rec.switch_control.clone(), rec.port.clone()));
     // 3. The embedded switch sends the VM's MAC to the direct path, which QEMU
     //    plugs from the start; a migration's destination keeps it on the switch
@@ -900,6 +947,9 @@ struct ListRow<'a> {
     mac: &'a str,
     port: &'a str,
     direct: DirectState,
+    /// Set while the node agent's failover has the VM off its failed direct path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failover: Option<&'a store::FailoverNote>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vf: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -928,6 +978,7 @@ fn list(store: &VmStore, a: &ListArgs) -> anyhow::Result<()> {
                 mac: &r.spec.nic.mac,
                 port: &r.port,
                 direct: r.direct,
+                failover: r.failover.as_ref(),
                 vf: match &r.spec.direct {
                     Some(DirectPath::Vf { pci }) => Some(pci),
                     Some(DirectPath::Standin { tap, .. }) => Some(tap),
@@ -969,12 +1020,12 @@ fn list(store: &VmStore, a: &ListArgs) -> anyhow::Result<()> {
                 r.vcpus.to_string(),
                 format!("{}M", r.memory_mib),
                 r.mac.to_string(),
-                match r.direct {
-                    DirectState::None => "-",
-                    DirectState::Attached => "attached",
-                    DirectState::Detached => "detached",
-                }
-                .to_string(),
+                match (r.direct, r.failover) {
+                    (_, Some(f)) => format!("detached, failover {} ({})", f.state, f.cause),
+                    (DirectState::None, None) => "-".to_string(),
+                    (DirectState::Attached, None) => "attached".to_string(),
+                    (DirectState::Detached, None) => "detached".to_string(),
+                },
                 r.vf.unwrap_or("-").to_string(),
                 r.performance
                     .map_or("-".to_string(), |t| format!("{t:?}").to_lowercase()),
@@ -1060,4 +1111,110 @@ mod tests {
         assert_ne!(m, mac_for("web2"));
         assert_eq!(&m.0[..3], &[0x52, 0x54, 0x00]);
     }
+}
+
+/// One operation at a time per VM, across processes: `vm migrate`, `vm enable`,
+/// `vm disable`, `drill` and the node agent's failover hold
+/// `<run_dir>/<name>/op.lock` (an advisory file lock) for as long as they change
+/// the VM. The holder writes what it does into the file, for the refusal.
+#[derive(Debug)]
+pub(super) struct OpLock {
+    _file: std::fs::File,
+}
+
+impl OpLock {
+    fn path(rec: &VmRecord) -> PathBuf {
+        rec.run_dir.join("op.lock")
+    }
+
+    /// Takes the lock for `what` (e.g. `a migration`), or says what holds it.
+    pub(super) fn try_take(rec: &VmRecord, what: &str) -> anyhow::Result<Result<OpLock, String>> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(&rec.run_dir)
+            .with_context(|| format!("cannot create {}", rec.run_dir.display()))?;
+        let path = Self::path(rec);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if file.try_lock().is_err() {
+            let mut holder = String::new();
+            // Best effort: the holder may be writing it right now.
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Ok(Err(if holder.is_empty() {
+                "another operation".to_string()
+            } else {
+                holder.to_string()
+            }));
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{what} (pid {})", std::process::id())?;
+        Ok(Ok(OpLock { _file: file }))
+    }
+
+    /// Takes the lock for `what`, or fails saying the VM is busy and with what.
+    /// A holder that lets go within a second (the node agent's failover looks at
+    /// the VM under the lock every few milliseconds) is waited for.
+    pub(super) fn take(rec: &VmRecord, what: &str) -> anyhow::Result<OpLock> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match Self::try_take(rec, what)? {
+                Ok(lock) => return Ok(lock),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(holder) => bail!(
+                    "VM {} is busy: {holder} is in progress (lock {} held)",
+                    rec.name(),
+                    Self::path(rec).display()
+                ),
+            }
+        }
+    }
+}
+
+/// The switch port of `rec`'s synthetic NIC: its vhost-user socket, VLAN and
+/// queues, and only the VM's MAC may send.
+fn port_config(rec: &VmRecord, mac: MacAddr) -> PortConfig {
+    let mut port = PortConfig::new(&rec.spec.nic.socket);
+    port.name = Some(rec.port.clone());
+    port.vlan = rec.vlan;
+    port.queues = rec.spec.nic.queue_pairs;
+    port.policy = PolicyConfig {
+        allowed_macs: vec![vswitch::MacAddr(mac.0)],
+        ..PolicyConfig::default()
+    };
+    port
+}
+
+/// Adds `rec`'s port again to a switch that lost it (restarted: ports added at
+/// run time are not in its command line); the VMM reconnects to the socket.
+/// Returns whether it was missing.
+pub(super) fn restore_switch_port(rec: &VmRecord) -> anyhow::Result<bool> {
+    let ports = match switch_request(&rec.switch_control, &Request::Ports {})? {
+        Response::Ports { ports } => ports,
+        other => bail!("the switch answered {other:?} to a port list"),
+    };
+    if ports.iter().any(|p| p.name == rec.port) {
+        return Ok(false);
+    }
+    let mac: MacAddr = rec.spec.nic.mac.parse()?;
+    switch_request(
+        &rec.switch_control,
+        &Request::PortAdd {
+            port: port_config(rec, mac),
+        },
+    )?;
+    log::info!(
+        "VM {}: port {} added again to the switch at {}",
+        rec.name(),
+        rec.port,
+        rec.switch_control.display()
+    );
+    Ok(true)
 }

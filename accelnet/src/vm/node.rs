@@ -76,6 +76,12 @@ pub enum NodeOp {
     RemovePort,
     /// Cancel the VM's outgoing migration.
     CancelMigration,
+    /// Set the link of the guest's primary (QEMU `set_link`): down makes
+    /// `net_failover` send over the standby without an unplug.
+    PrimaryLink {
+        /// Up or down.
+        up: bool,
+    },
 }
 
 /// What a [`NodeOp`] answered.
@@ -151,6 +157,22 @@ impl LocalNode {
         vmm_for(rec, None, true)
             .await
             .map_err(|e| op_error(OpErrorKind::Gone, &e))
+    }
+
+    /// The VM's QEMU, for what only QEMU offers (`what` names it in the refusal).
+    async fn qemu(rec: &VmRecord, what: &str) -> Result<QemuVm, OpError> {
+        let name = rec.name();
+        if rec.vmm != VmmKind::Qemu {
+            return Err(OpError::unavailable(format!(
+                "VM {name}: {what} is implemented for QEMU only"
+            )));
+        }
+        let pid = rec
+            .pid
+            .ok_or_else(|| OpError::gone(format!("VM {name}: no VMM process recorded")))?;
+        QemuVm::attach(rec.spec.clone(), QemuOptions::new(&rec.run_dir), pid)
+            .await
+            .map_err(|e| vmm_op_error(&e))
     }
 
     fn set_direct(store: &VmStore, name: &str, d: DirectState) -> Result<(), OpError> {
@@ -234,18 +256,18 @@ impl LocalNode {
                 Ok(NodeAnswer::Done)
             }
             NodeOp::Resume => {
-                if rec.vmm != VmmKind::Qemu {
-                    return Err(OpError::unavailable(format!(
-                        "VM {name}: resuming after a migration is implemented for QEMU only"
-                    )));
-                }
-                let pid = rec
-                    .pid
-                    .ok_or_else(|| OpError::gone(format!("VM {name}: no VMM process recorded")))?;
-                let q = QemuVm::attach(rec.spec.clone(), QemuOptions::new(&rec.run_dir), pid)
+                Self::qemu(&rec, "resuming after a migration")
+                    .await?
+                    .execute("cont", None)
                     .await
                     .map_err(|e| vmm_op_error(&e))?;
-                q.execute("cont", None)
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::PrimaryLink { up } => {
+                let args = serde_json::json!({"name": vmm_plugin::qemu::PRIMARY_ID, "up": up});
+                Self::qemu(&rec, "setting the primary's link")
+                    .await?
+                    .execute("set_link", Some(args))
                     .await
                     .map_err(|e| vmm_op_error(&e))?;
                 Ok(NodeAnswer::Done)

@@ -37,7 +37,7 @@ use vswitch::{Request, Response};
 use super::store::{DirectState, Phase, VmRecord, VmStore};
 use super::{
     allocate_vf, direct_label, open_pool, release_vf, switch_request, tier_queue_pairs,
-    vf_queue_pairs, vmm_for, ModelArg, Paths, TierArg,
+    vf_queue_pairs, vmm_for, ModelArg, OpLock, Paths, TierArg,
 };
 use crate::sriov_cmd::{json, print};
 
@@ -70,6 +70,21 @@ pub(super) struct EnableArgs {
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
+}
+
+impl EnableArgs {
+    /// `vm enable NAME`: the VM's own direct path and tier, the default settle.
+    pub(super) fn defaults(name: &str) -> EnableArgs {
+        EnableArgs {
+            names: vec![name.to_string()],
+            performance: None,
+            vf: None,
+            vf_standin: None,
+            standin_model: ModelArg::E1000e,
+            settle: 10,
+            json: true,
+        }
+    }
 }
 
 /// Arguments of `accelnet vm disable`.
@@ -445,16 +460,46 @@ pub(super) async fn disable(store: &VmStore, paths: &Paths, a: &DisableArgs) -> 
     out.finish()
 }
 
-async fn disable_one(
+pub(super) async fn disable_one(
     store: &VmStore,
     paths: &Paths,
     name: &str,
     timeout: Duration,
 ) -> anyhow::Result<PathChange> {
     let (rec, vmm) = running(store, name).await?;
+    let _lock = OpLock::take(&rec, "vm disable")?;
+    let rec = store.get(name)?;
     match rec.direct {
         DirectState::None => bail!("VM {name} is not accelerated (it has no direct path)"),
-        DirectState::Detached => return Ok(PathChange::new(name, "disable", rec.direct)),
+        DirectState::Detached => {
+            let mut change = PathChange::new(name, "disable", rec.direct);
+            if let Some(note) = &rec.failover {
+                // The node agent's failover had it on the synthetic path, to move it
+                // back later: the operator's disable ends that, and the VF goes back.
+                change.changed = true;
+                change.notes.push(format!(
+                    "the node agent's failover ({}: {}) no longer moves it back",
+                    note.state, note.cause
+                ));
+                if let Some(vf) = &rec.vf {
+                    if let Some(reason) = release_vf(paths, vf, name)? {
+                        change.notes.push(format!(
+                            "VF {vf} could not be reset and is quarantined: {reason}"
+                        ));
+                    }
+                }
+                let real_vf = rec.vf.is_some();
+                store.update(name, |r| {
+                    r.failover = None;
+                    if real_vf {
+                        r.vf = None;
+                        r.steering = None;
+                    }
+                    Ok(())
+                })?;
+            }
+            return Ok(change);
+        }
         DirectState::Attached => {}
     }
     let steering = rec.steering.as_ref();
@@ -556,13 +601,15 @@ pub(super) async fn enable(store: &VmStore, paths: &Paths, a: &EnableArgs) -> an
     out.finish()
 }
 
-async fn enable_one(
+pub(super) async fn enable_one(
     store: &VmStore,
     paths: &Paths,
     name: &str,
     a: &EnableArgs,
 ) -> anyhow::Result<PathChange> {
     let (rec, vmm) = running(store, name).await?;
+    let _lock = OpLock::take(&rec, "vm enable")?;
+    let rec = store.get(name)?;
     let tier: Tier = a
         .performance
         .map(Tier::from)
@@ -715,6 +762,7 @@ async fn enable_one(
     let sel = vf_select.clone();
     store.update(name, |r| {
         r.direct = DirectState::Attached;
+        r.failover = None;
         r.spec.direct = Some(path.clone());
         r.vf = vf.clone();
         r.vf_select = sel.clone();

@@ -80,6 +80,22 @@ pub enum DirectState {
     Detached,
 }
 
+/// Where the node agent's host-reserved failover has a VM whose direct path
+/// failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverNote {
+    /// `synthetic` (waiting for the direct path), `recovering` (moving back) or
+    /// `gave-up` (stays on the synthetic path).
+    pub state: String,
+    /// Why the direct path was lost (`VF link down`, ...).
+    pub cause: String,
+    /// Why the agent gave up moving back, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when, seconds since the epoch.
+    pub since: u64,
+}
+
 /// Everything accelnet keeps about one VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmRecord {
@@ -110,6 +126,10 @@ pub struct VmRecord {
     /// What `--vf` asked the pool for (`auto` or a PCI address), for re-enabling.
     #[serde(default)]
     pub vf_select: Option<String>,
+    /// Set while the node agent's host-reserved failover has the VM on the
+    /// synthetic path because its direct path failed (`None`: no failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverNote>,
     /// The VMM process.
     #[serde(default)]
     pub pid: Option<u32>,
@@ -425,14 +445,14 @@ pub fn now() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use vmm_plugin::SyntheticNic;
 
-    struct TempDir(PathBuf);
+    pub(crate) struct TempDir(pub(crate) PathBuf);
 
     impl TempDir {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             use std::sync::atomic::{AtomicU32, Ordering};
             static N: AtomicU32 = AtomicU32::new(0);
             let p = std::env::temp_dir().join(format!(
@@ -452,7 +472,7 @@ mod tests {
         }
     }
 
-    fn record(name: &str, pid: Option<u32>, phase: Phase) -> VmRecord {
+    pub(crate) fn record(name: &str, pid: Option<u32>, phase: Phase) -> VmRecord {
         VmRecord {
             version: RECORD_VERSION,
             vmm: VmmKind::Qemu,
@@ -481,6 +501,7 @@ mod tests {
             direct: DirectState::None,
             steering: None,
             vf_select: None,
+            failover: None,
             pid,
             start_time: pid.and_then(|p| process_start_time(Path::new("/proc"), p)),
             run_dir: "/run/accelnet/vm".into(),

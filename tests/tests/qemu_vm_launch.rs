@@ -93,7 +93,15 @@ fn accelnet_vm(ns: &str, bin: &Path, common: &[&str], args: &[&str]) -> (i32, St
 fn vm1_record(ns: &str, bin: &Path, common: &[&str]) -> Option<Value> {
     let (st, out) = accelnet_vm(ns, bin, common, &["list", "--json"]);
     assert_eq!(st, 0, "{out}");
-    let list: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    // stderr may carry a repair's warning: the list is the `[` ... `]` lines.
+    let lines: Vec<&str> = out.lines().collect();
+    let start = lines.iter().position(|l| l.starts_with('['));
+    let end = lines.iter().rposition(|l| l.trim_end().ends_with(']'));
+    let text = match (start, end) {
+        (Some(s), Some(e)) if s <= e => lines[s..=e].join("\n"),
+        _ => panic!("no JSON list in: {out}"),
+    };
+    let list: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {out}"));
     list.as_array()
         .and_then(|a| a.iter().find(|v| v["name"] == "vm1"))
         .cloned()
@@ -918,6 +926,9 @@ fn migrate_there_and_back(c: &MigrateCtx<'_>) {
     let mut lock = std::fs::File::create(PathBuf::from(c.a.vms).join("vm1/op.lock"))
         .unwrap_or_else(|e| panic!("{e}"));
     lock.lock().unwrap_or_else(|e| panic!("{e}"));
+    // Written under the lock: the node agent's failover writes its own name
+    // whenever it takes it.
+    lock.set_len(0).unwrap_or_else(|e| panic!("{e}"));
     std::io::Write::write_all(&mut lock, b"a migration (pid 1)").unwrap_or_else(|e| panic!("{e}"));
     let (st, out) = c.vm(&c.a, &["migrate", "vm1", "--to", &b_sock]);
     assert_eq!(st, 1, "{out}");
@@ -933,6 +944,76 @@ fn migrate_there_and_back(c: &MigrateCtx<'_>) {
         "{out}"
     );
     drop(lock);
+    // The destination's QEMU dies once the source has let go of its direct path:
+    // the migration fails, is rolled back, and vm1 goes on running on A.
+    let mut argv: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        c.a.ns.into(),
+        c.bin.to_string_lossy().into_owned(),
+        "vm".into(),
+        "migrate".into(),
+        "vm1".into(),
+        "--to".into(),
+        b_sock.clone(),
+    ];
+    argv.extend(c.a.common.iter().map(|s| s.to_string()));
+    let child = std::process::Command::new("ip")
+        .args(&argv)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        let b = c.record(&c.b);
+        let a = c.record(&c.a);
+        let unplugged = a.as_ref().is_some_and(|r| r["direct"] == "detached");
+        if let (true, Some(pid)) = (unplugged, b.as_ref().and_then(|r| r["pid"].as_u64())) {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the migration never got to the unplug with B's QEMU up: A {a:?}, B {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("migration of VM vm1 failed at the"), "{text}");
+    log(format!(
+        "destination QEMU {victim} killed mid-migration: {}",
+        text.lines().last().unwrap_or("")
+    ));
+    let ping = c
+        .wire
+        .ping(GUEST_IP, 5, 10)
+        .unwrap_or_else(|e| panic!("after the destination died: {e}"));
+    assert!(ping.received >= 4, "{ping:?}");
+    let b = c.record(&c.b);
+    assert!(
+        b.as_ref()
+            .is_none_or(|r| r["phase"] != "running" && r["phase"] != "incoming"),
+        "{b:?}"
+    );
+    let rec = c.record(&c.a).unwrap_or_else(|| panic!("vm1 gone from A"));
+    assert_eq!(rec["phase"], "running", "{rec}");
+    if rec["direct"] == "detached" {
+        // The rollback re-plugs the source's direct path but keeps the VM on the
+        // synthetic path when the guest does not use the primary within the
+        // settle time (no traffic here to answer): running, with network.
+        assert!(text.contains("source direct path re-plugged"), "{text}");
+        let (st, out) = c.vm(&c.a, &["enable", "vm1"]);
+        assert_eq!(st, 0, "{out}");
+    }
     // Each refusal left vm1 as it was: running on A, on its direct path, B untouched.
     let rec = c.record(&c.a).unwrap_or_else(|| panic!("vm1 gone from A"));
     assert_eq!(rec["phase"], "running", "{rec}");

@@ -82,15 +82,10 @@ pub(super) async fn drain(
             eprintln!("VM {name}:");
         }
         let m = MigrateArgs {
-            name: name.clone(),
-            to: to.to_path_buf(),
-            dest_vf_standin: None,
-            dest_vf: None,
             // A VM taken off its direct path here stays off it there.
             no_direct: !on_direct,
-            unplug_timeout: 20,
-            settle: 10,
             json: !progress,
+            ..MigrateArgs::to(&name, to)
         };
         let vm = match migrate_vm(store, paths, &m, progress).await {
             Ok(Ok(report)) => DrainedVm {

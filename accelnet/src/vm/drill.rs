@@ -35,7 +35,7 @@ use vswitch::{Request, Response};
 use super::migrate::{migrate_vm, MigrateArgs};
 use super::path::{disable_one, enable_one, EnableArgs, CLASS_NET};
 use super::store::{DirectState, Phase, VmRecord, VmStore};
-use super::{restore_switch_port, switch_request, Paths};
+use super::{restore_switch_port, Paths, PortFound};
 use crate::sriov_cmd::{json, print};
 
 /// The drills.
@@ -335,9 +335,8 @@ async fn scenario(
             // The ports the VMs got at launch, and the VMM's reconnection.
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let fresh = store.get(name)?;
-                restore_switch_port(&fresh)?;
-                if port_connected(&fresh)? {
+                let found = restore_switch_port(&store.get(name)?)?;
+                if found == (PortFound::Present { connected: true }) {
                     break;
                 }
                 if Instant::now() >= deadline {
@@ -353,14 +352,8 @@ async fn scenario(
         Scenario::Migrate => {
             run.phase("migrate");
             let m = MigrateArgs {
-                name: name.to_string(),
-                to: a.to.clone().context("--to")?,
                 dest_vf_standin: a.dest_vf_standin.clone(),
-                dest_vf: None,
-                no_direct: false,
-                unplug_timeout: 20,
-                settle: 10,
-                json: true,
+                ..MigrateArgs::to(name, a.to.as_deref().context("--to")?)
             };
             match migrate_vm(store, &a.paths, &m, false).await? {
                 Ok(report) => run.step("migrate", &report),
@@ -480,14 +473,6 @@ fn vf_link(pf: &str, vf: u32, state: VfLinkState) -> anyhow::Result<()> {
     };
     Netlink::open()?.apply_vf(pf, vf, &change)?;
     Ok(())
-}
-
-/// Whether `rec`'s switch port has its VMM connected.
-fn port_connected(rec: &VmRecord) -> anyhow::Result<bool> {
-    match switch_request(&rec.switch_control, &Request::Ports {})? {
-        Response::Ports { ports } => Ok(ports.iter().any(|p| p.name == rec.port && p.connected)),
-        other => bail!("the switch answered {other:?} to a port list"),
-    }
 }
 
 /// What a switch restart did.

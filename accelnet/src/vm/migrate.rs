@@ -55,6 +55,23 @@ pub(super) struct MigrateArgs {
     pub(super) json: bool,
 }
 
+impl MigrateArgs {
+    /// `vm migrate NAME --to TO --json` with the defaults of the other flags
+    /// (the drill and `node drain` run it in process).
+    pub(super) fn to(name: &str, to: &std::path::Path) -> MigrateArgs {
+        MigrateArgs {
+            name: name.to_string(),
+            to: to.to_path_buf(),
+            dest_vf_standin: None,
+            dest_vf: None,
+            no_direct: false,
+            unplug_timeout: 20,
+            settle: 10,
+            json: true,
+        }
+    }
+}
+
 /// What `vm migrate --json` prints on success.
 #[derive(Debug, Serialize)]
 struct Outcome<'a> {

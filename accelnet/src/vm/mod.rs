@@ -1084,35 +1084,6 @@ async fn stop(store: &VmStore, paths: &Paths, name: &str, grace: Duration) -> an
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_sizes() {
-        assert_eq!(parse_size_mib("512M"), Ok(512));
-        assert_eq!(parse_size_mib("2G"), Ok(2048));
-        assert_eq!(parse_size_mib("2GiB"), Ok(2048));
-        assert_eq!(parse_size_mib("1024"), Ok(1024));
-        assert_eq!(parse_size_mib("131072k"), Ok(128));
-        assert!(parse_size_mib("32M").unwrap_err().contains("64 MiB"));
-        assert!(parse_size_mib("12X").unwrap_err().contains("unknown unit"));
-        assert!(parse_size_mib("M").unwrap_err().contains("not a size"));
-    }
-
-    #[test]
-    fn test_names_and_macs() {
-        assert!(check_name("web-1.prod_a").is_ok());
-        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-        let m = mac_for("web1");
-        assert_eq!(m, mac_for("web1"));
-        assert_ne!(m, mac_for("web2"));
-        assert_eq!(&m.0[..3], &[0x52, 0x54, 0x00]);
-    }
-}
-
 /// One operation at a time per VM, across processes: `vm migrate`, `vm enable`,
 /// `vm disable`, `drill` and the node agent's failover hold
 /// `<run_dir>/<name>/op.lock` (an advisory file lock) for as long as they change
@@ -1192,16 +1163,29 @@ fn port_config(rec: &VmRecord, mac: MacAddr) -> PortConfig {
     port
 }
 
+/// `rec`'s switch port as [`restore_switch_port`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PortFound {
+    /// There, with its VMM connected or not (yet).
+    Present {
+        /// The VMM is connected.
+        connected: bool,
+    },
+    /// Missing: added again.
+    Restored,
+}
+
 /// Adds `rec`'s port again to a switch that lost it (restarted: ports added at
 /// run time are not in its command line); the VMM reconnects to the socket.
-/// Returns whether it was missing.
-pub(super) fn restore_switch_port(rec: &VmRecord) -> anyhow::Result<bool> {
+pub(super) fn restore_switch_port(rec: &VmRecord) -> anyhow::Result<PortFound> {
     let ports = match switch_request(&rec.switch_control, &Request::Ports {})? {
         Response::Ports { ports } => ports,
         other => bail!("the switch answered {other:?} to a port list"),
     };
-    if ports.iter().any(|p| p.name == rec.port) {
-        return Ok(false);
+    if let Some(p) = ports.iter().find(|p| p.name == rec.port) {
+        return Ok(PortFound::Present {
+            connected: p.connected,
+        });
     }
     let mac: MacAddr = rec.spec.nic.mac.parse()?;
     switch_request(
@@ -1216,5 +1200,34 @@ pub(super) fn restore_switch_port(rec: &VmRecord) -> anyhow::Result<bool> {
         rec.port,
         rec.switch_control.display()
     );
-    Ok(true)
+    Ok(PortFound::Restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_sizes() {
+        assert_eq!(parse_size_mib("512M"), Ok(512));
+        assert_eq!(parse_size_mib("2G"), Ok(2048));
+        assert_eq!(parse_size_mib("2GiB"), Ok(2048));
+        assert_eq!(parse_size_mib("1024"), Ok(1024));
+        assert_eq!(parse_size_mib("131072k"), Ok(128));
+        assert!(parse_size_mib("32M").unwrap_err().contains("64 MiB"));
+        assert!(parse_size_mib("12X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size_mib("M").unwrap_err().contains("not a size"));
+    }
+
+    #[test]
+    fn test_names_and_macs() {
+        assert!(check_name("web-1.prod_a").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        let m = mac_for("web1");
+        assert_eq!(m, mac_for("web1"));
+        assert_ne!(m, mac_for("web2"));
+        assert_eq!(&m.0[..3], &[0x52, 0x54, 0x00]);
+    }
 }

@@ -18,7 +18,7 @@
 //! VM (`failover`), so an agent restarted in between carries on.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use migration::failover::{
@@ -30,7 +30,9 @@ use sriov::netlink::Netlink;
 use sriov::steer::Steering;
 
 use super::node::{LocalNode, NodeOp};
-use super::store::{now as epoch_now, DirectState, FailoverNote, Listed, Phase, VmRecord, VmStore};
+use super::store::{
+    now as epoch_now, DirectState, FailoverNote, FailoverStage, Listed, Phase, VmRecord, VmStore,
+};
 use super::{OpLock, Paths};
 
 /// How often the VMs' switch ports are checked (and added again after a switch
@@ -241,7 +243,7 @@ impl Monitor {
             w.machine.suspend();
             let at = match (rec.direct, &rec.failover) {
                 (DirectState::Attached, _) => ResumeAt::Direct,
-                (DirectState::Detached, Some(note)) if note.state != "gave-up" => {
+                (DirectState::Detached, Some(note)) if note.state != FailoverStage::GaveUp => {
                     ResumeAt::Synthetic {
                         direct_available: health.is_ok(),
                     }
@@ -333,9 +335,9 @@ fn guest_seen(rec: &VmRecord, w: &Watched) -> bool {
 fn note_for(state: &FailoverState, old: Option<&FailoverNote>) -> Option<FailoverNote> {
     let (name, cause, reason) = match state {
         FailoverState::Direct | FailoverState::NoDirect => return None,
-        FailoverState::Synthetic { cause, .. } => ("synthetic", *cause, None),
-        FailoverState::Recovering { cause, .. } => ("recovering", *cause, None),
-        FailoverState::GaveUp { reason } => ("gave-up", None, Some(reason.clone())),
+        FailoverState::Synthetic { cause, .. } => (FailoverStage::Synthetic, *cause, None),
+        FailoverState::Recovering { cause, .. } => (FailoverStage::Recovering, *cause, None),
+        FailoverState::GaveUp { reason } => (FailoverStage::GaveUp, None, Some(reason.clone())),
     };
     let cause = cause
         .map(|c| c.to_string())
@@ -344,7 +346,7 @@ fn note_for(state: &FailoverState, old: Option<&FailoverNote>) -> Option<Failove
     match old {
         Some(o) if o.state == name && o.cause == cause && o.reason == reason => Some(o.clone()),
         _ => Some(FailoverNote {
-            state: name.to_string(),
+            state: name,
             cause,
             reason,
             since: epoch_now(),
@@ -404,11 +406,7 @@ async fn act(
                 if let Ok(super::node::NodeAnswer::Attached { attached: false }) =
                     node.exec(store, name, &NodeOp::DirectAttached).await
                 {
-                    store
-                        .update(name, |r| {
-                            r.direct = DirectState::Detached;
-                            Ok(())
-                        })
+                    LocalNode::set_direct(store, name, DirectState::Detached)
                         .map_err(|e| e.to_string())?;
                     return Ok(());
                 }
@@ -422,8 +420,7 @@ async fn act(
         Action::Route { route: Route::Both } => {
             // A re-created stand-in tap is a new bridge port: steer it as at launch.
             if let Some(s) = &rec.steering {
-                let class_net = PathBuf::from(super::path::CLASS_NET);
-                s.prepare(&class_net)
+                s.prepare(Path::new(super::path::CLASS_NET))
                     .map_err(|e| format!("cannot prepare {s}: {e}"))?;
             }
             hold().await;
@@ -535,8 +532,8 @@ mod tests {
         };
         let n = note_for(&synthetic, None).expect("a note");
         assert_eq!(
-            (n.state.as_str(), n.cause.as_str()),
-            ("synthetic", "VF link down")
+            (n.state, n.cause.as_str()),
+            (FailoverStage::Synthetic, "VF link down")
         );
         let old = FailoverNote { since: 7, ..n };
         assert_eq!(note_for(&synthetic, Some(&old)).map(|n| n.since), Some(7));
@@ -548,14 +545,14 @@ mod tests {
         };
         let r = note_for(&recovering, Some(&old)).expect("a note");
         assert_eq!(
-            (r.state.as_str(), r.cause.as_str()),
-            ("recovering", "VF link down")
+            (r.state, r.cause.as_str()),
+            (FailoverStage::Recovering, "VF link down")
         );
         let gave_up = FailoverState::GaveUp {
             reason: "no luck".into(),
         };
         let g = note_for(&gave_up, Some(&r)).expect("a note");
-        assert_eq!(g.state, "gave-up");
+        assert_eq!(g.state, FailoverStage::GaveUp);
         assert_eq!(g.reason.as_deref(), Some("no luck"));
         assert_eq!(note_for(&FailoverState::NoDirect, Some(&g)), None);
     }

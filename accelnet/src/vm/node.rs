@@ -175,7 +175,7 @@ impl LocalNode {
             .map_err(|e| vmm_op_error(&e))
     }
 
-    fn set_direct(store: &VmStore, name: &str, d: DirectState) -> Result<(), OpError> {
+    pub(super) fn set_direct(store: &VmStore, name: &str, d: DirectState) -> Result<(), OpError> {
         store
             .update(name, |r| {
                 r.direct = d;

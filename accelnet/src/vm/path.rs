@@ -481,22 +481,7 @@ pub(super) async fn disable_one(
                     "the node agent's failover ({}: {}) no longer moves it back",
                     note.state, note.cause
                 ));
-                if let Some(vf) = &rec.vf {
-                    if let Some(reason) = release_vf(paths, vf, name)? {
-                        change.notes.push(format!(
-                            "VF {vf} could not be reset and is quarantined: {reason}"
-                        ));
-                    }
-                }
-                let real_vf = rec.vf.is_some();
-                store.update(name, |r| {
-                    r.failover = None;
-                    if real_vf {
-                        r.vf = None;
-                        r.steering = None;
-                    }
-                    Ok(())
-                })?;
+                give_back_direct(store, paths, &rec, &mut change)?;
             }
             return Ok(change);
         }
@@ -561,7 +546,6 @@ async fn finish_disable(
     change: &mut PathChange,
     t0: Instant,
 ) -> anyhow::Result<()> {
-    let name = rec.name();
     let pinned = route(rec.steering.as_ref(), Route::Synthetic);
     change.held = hold(rec, false, Duration::ZERO, None).map(|(held, _)| held);
     pinned?;
@@ -573,6 +557,18 @@ async fn finish_disable(
             .push(format!("could not announce the MAC on the wire: {e:#}")),
     }
     change.total_ms = ms_since(t0);
+    give_back_direct(store, paths, rec, change)
+}
+
+/// The end of a disable, once the guest is off its direct path: a VF goes back
+/// to the pool (reset), the record says detached, and no failover moves it back.
+fn give_back_direct(
+    store: &VmStore,
+    paths: &Paths,
+    rec: &VmRecord,
+    change: &mut PathChange,
+) -> anyhow::Result<()> {
+    let name = rec.name();
     if let Some(vf) = &rec.vf {
         change.notes.push(match release_vf(paths, vf, name)? {
             Some(reason) => format!("VF {vf} could not be reset and is quarantined: {reason}"),
@@ -582,6 +578,7 @@ async fn finish_disable(
     let real_vf = rec.vf.is_some();
     store.update(name, |r| {
         r.direct = DirectState::Detached;
+        r.failover = None;
         if real_vf {
             r.vf = None;
             r.steering = None;

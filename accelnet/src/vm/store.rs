@@ -80,13 +80,34 @@ pub enum DirectState {
     Detached,
 }
 
+/// Where a failover stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverStage {
+    /// On the synthetic path, waiting for the direct path.
+    Synthetic,
+    /// Moving back to the direct path.
+    Recovering,
+    /// Gave up moving back: stays on the synthetic path.
+    GaveUp,
+}
+
+impl std::fmt::Display for FailoverStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailoverStage::Synthetic => "synthetic",
+            FailoverStage::Recovering => "recovering",
+            FailoverStage::GaveUp => "gave-up",
+        })
+    }
+}
+
 /// Where the node agent's host-reserved failover has a VM whose direct path
 /// failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverNote {
-    /// `synthetic` (waiting for the direct path), `recovering` (moving back) or
-    /// `gave-up` (stays on the synthetic path).
-    pub state: String,
+    /// Where it stands.
+    pub state: FailoverStage,
     /// Why the direct path was lost (`VF link down`, ...).
     pub cause: String,
     /// Why the agent gave up moving back, if it did.

@@ -17,8 +17,9 @@ use migration::live::{
 };
 use serde::{Deserialize, Serialize};
 use sriov::steer::Route as SteerRoute;
+use vmm_plugin::ch::{ChOptions, ChVm};
 use vmm_plugin::qemu::{QemuOptions, QemuVm};
-use vmm_plugin::{VmState, VmmError, VmmKind};
+use vmm_plugin::{VmState, Vmm, VmmError, VmmKind};
 
 use super::agent::{self, AgentRequest, AgentResponse, IncomingVm};
 use super::path::{self, CLASS_NET};
@@ -234,10 +235,8 @@ impl LocalNode {
                 Ok(NodeAnswer::Done)
             }
             NodeOp::Resume => {
-                if rec.vmm != VmmKind::Qemu {
-                    return Err(OpError::unavailable(format!(
-                        "VM {name}: resuming after a migration is implemented for QEMU only"
-                    )));
+                if rec.vmm == VmmKind::CloudHypervisor {
+                    return resume_ch(&rec).await;
                 }
                 let pid = rec
                     .pid
@@ -349,6 +348,33 @@ impl LocalNode {
                 Ok(NodeAnswer::Done)
             }
         }
+    }
+}
+
+/// [`NodeOp::Resume`] on cloud-hypervisor, whose VMM exits once its VM migrated
+/// away (nothing is left to resume then); a VMM still there has the VM running
+/// (a failed migration resumes it) or paused (`vm.resume`).
+async fn resume_ch(rec: &VmRecord) -> Result<NodeAnswer, OpError> {
+    let name = rec.name();
+    if !rec.process_alive(Path::new("/proc")) {
+        return Err(OpError::gone(format!(
+            "VM {name}: cloud-hypervisor exits once its VM migrated away: there is no VM \
+             left here to resume"
+        )));
+    }
+    let opts = ChOptions::new("cloud-hypervisor", &rec.run_dir);
+    let ch = ChVm::attach(rec.spec.clone(), opts, rec.pid)
+        .await
+        .map_err(|e| vmm_op_error(&e))?;
+    match ch.status().await.map_err(|e| vmm_op_error(&e))?.state {
+        VmState::Running => Ok(NodeAnswer::Done),
+        VmState::Paused => {
+            ch.api().resume().await.map_err(|e| vmm_op_error(&e))?;
+            Ok(NodeAnswer::Done)
+        }
+        other => Err(OpError::failed(format!(
+            "VM {name}: cloud-hypervisor reports it {other:?}: there is nothing to resume"
+        ))),
     }
 }
 

@@ -7,6 +7,9 @@
 //!
 //! The switch is a real `accelnet switch run` (unprivileged: vhost-user ports
 //! only), and the VF pool and sysfs tree are temporary directories without VFs.
+//! Live migrations (`vm migrate`) go between two such "nodes", each with its own
+//! switch and `accelnet node agent`; their fakes hand the VM over the migration
+//! socket as cloud-hypervisor does (its config only: no guest, no memory).
 #![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
 
 mod common;
@@ -265,11 +268,15 @@ impl Host {
         rows[0].clone()
     }
 
-    /// The API requests the fake received, from its output (`<vm>.log`): one JSON
-    /// line each, `(endpoint, body)`.
+    /// The API requests the latest fake received, from its output (`<vm>.log`,
+    /// where each fake started appends): one JSON line each, `(endpoint, body)`.
     fn requests(&self) -> Vec<(String, Value)> {
-        std::fs::read_to_string(self.vm_dir().join(format!("{VM}.log")))
-            .unwrap_or_default()
+        let log =
+            std::fs::read_to_string(self.vm_dir().join(format!("{VM}.log"))).unwrap_or_default();
+        let latest = log
+            .rfind("fake-cloud-hypervisor: pid ")
+            .map_or(log.as_str(), |i| &log[i..]);
+        latest
             .lines()
             .filter(|l| l.starts_with('{'))
             .map(|l| {
@@ -549,4 +556,447 @@ fn fake_ch_vm_enable_without_vfs_fails_and_leaves_the_vm_on_the_synthetic_path()
     let o = host.vm(&["stop", VM, "--grace", "5"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!alive(pid));
+}
+
+/// `accelnet node agent` of a host, on `<host>/agent.sock`, starting incoming VMs
+/// with the fake cloud-hypervisor; killed on drop. Its log: `<host>/agent.log`.
+struct Agent {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl Agent {
+    /// The agent of `host` on `switch` (its control socket, running or not), with
+    /// `env` (which the fakes it starts inherit).
+    fn start(host: &Host, name: &str, switch: &Path, env: &[(&str, &str)]) -> Agent {
+        let sock = host.dir.path("agent.sock");
+        let log = std::fs::File::create(host.dir.path("agent.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accelnet"));
+        cmd.args(["node", "agent", "--listen"])
+            .arg(&sock)
+            .arg("--switch-control")
+            .arg(switch)
+            .arg("--vmm-binary")
+            .arg(fake_ch())
+            .args(["--node", name])
+            .arg("--store")
+            .arg(host.dir.path("vms.redb"))
+            .arg("--pool-dir")
+            .arg(host.dir.path("pool"))
+            .arg("--run-dir")
+            .arg(host.run_dir())
+            .arg("--sysfs-root")
+            .arg(host.dir.path("sysroot"))
+            .env("RUST_LOG", "info")
+            .env_remove("ACCELNET_CLOUD_HYPERVISOR")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("the accelnet binary runs");
+        let mut agent = Agent { child, sock };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agent.sock.exists() {
+            if let Ok(Some(st)) = agent.child.try_wait() {
+                panic!("the node agent exited ({st}):\n{}", agent.log(host));
+            }
+            assert!(Instant::now() < deadline, "the node agent never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn log(&self, host: &Host) -> String {
+        std::fs::read_to_string(host.dir.path("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `accelnet vm migrate ch1 --to <agent> --no-direct --json` from `from`.
+fn migrate(from: &Host, to: &Agent) -> Output {
+    from.vm(
+        &[
+            "migrate",
+            VM,
+            "--to",
+            to.sock.to_str().unwrap(),
+            "--no-direct",
+            "--json",
+        ],
+        &[],
+    )
+}
+
+/// `(step, outcome)` of a migration's JSON report.
+fn steps(report: &Value) -> Vec<(String, String)> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_owned(),
+                s["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What a migration without a direct path does: no steer, unplug or plug.
+const MIGRATED_STEPS: [(&str, &str); 7] = [
+    ("admit", "done"),
+    ("steer", "skipped"),
+    ("unplug", "skipped"),
+    ("migrate", "done"),
+    ("announce", "done"),
+    ("plug", "skipped"),
+    ("release", "done"),
+];
+
+/// Migrates ch1 from `from` to `to` (through `agent`, `to`'s) and checks both
+/// sides: the VM runs on `to` in a new fake with the config it had, `from` has
+/// nothing left; returns the new fake's pid.
+fn migrate_and_check(
+    from: (&Host, &RunningSwitch, u32),
+    to: (&Host, &RunningSwitch, &Agent),
+) -> u32 {
+    let (src, src_switch, src_pid) = from;
+    let (dst, dst_switch, agent) = to;
+    let config = src.vm_info()["config"].clone();
+    let mac = src.row()["mac"].clone();
+
+    let o = migrate(src, agent);
+
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\nagent:\n{}",
+        stderr(&o),
+        agent.log(dst)
+    );
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["migrated"], true, "{report}");
+    assert_eq!(report["vm"], VM);
+    assert_eq!(report["destination"], agent.sock.to_str().unwrap());
+    let want: Vec<(String, String)> = MIGRATED_STEPS
+        .iter()
+        .map(|(s, o)| ((*s).to_owned(), (*o).to_owned()))
+        .collect();
+    assert_eq!(steps(&report), want, "{report}");
+    assert_eq!(report["warnings"], json!([]), "{report}");
+    assert_eq!(
+        report["final_state"],
+        json!({"runs_on": "destination", "host": agent.sock.to_str().unwrap(), "path": "synthetic"})
+    );
+    // The source: its VMM exited after the migration, its record and port are gone.
+    assert!(!alive(src_pid), "the source's fake exited");
+    let log = std::fs::read_to_string(src.vm_dir().join(format!("{VM}.log"))).unwrap();
+    assert!(
+        log.ends_with("fake-cloud-hypervisor: exiting (migrated)\n"),
+        "{log}"
+    );
+    assert!(src.list().is_empty(), "the source forgot the VM");
+    assert!(
+        src_switch.port(VM).is_none(),
+        "the source's port is removed"
+    );
+    // The destination: a new fake whose VM is the one that left, running.
+    let row = dst.row();
+    assert_eq!(row["phase"], "running", "{row}");
+    assert_eq!(row["vmm"], "cloud-hypervisor");
+    assert_eq!(row["mac"], mac);
+    assert_eq!(row["direct"], "none");
+    let pid = fake_pid(dst, &row);
+    assert_ne!(pid, src_pid);
+    let info = dst.vm_info();
+    assert_eq!(info["state"], "Running");
+    // As on cloud-hypervisor, the config comes as it was, the vhost-user socket
+    // path included: the source's (the same on real nodes with the same
+    // --run-dir; these two test nodes differ).
+    assert_eq!(info["config"], config, "the VM came with its config");
+    let requests = dst.requests();
+    let endpoints: Vec<&str> = requests.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        endpoints[..2],
+        ["vmm.ping", "vm.receive-migration"],
+        "an empty VMM took the VM in, nothing created: {endpoints:?}"
+    );
+    assert!(!endpoints.contains(&"vm.create"), "{endpoints:?}");
+    assert_eq!(
+        requests[1].1,
+        json!({"receiver_url": format!("unix:{}", dst.vm_dir().join("migrate.sock").display())})
+    );
+    let port = dst_switch.port(VM).expect("the destination's switch port");
+    assert_eq!(
+        port["path"],
+        dst.vm_dir().join("net.sock").to_str().unwrap()
+    );
+    assert_eq!(port["policy"]["allowed_macs"], json!([mac]));
+    pid
+}
+
+/// `accelnet vm migrate --vmm cloud-hypervisor` between two nodes, each with its
+/// own switch and node agent, and back, against the FAKE cloud-hypervisor
+/// (cloud-hypervisor needs KVM): two fake processes hand the VM's config over the
+/// agent's migration socket, as cloud-hypervisor's `vm.send-migration` and
+/// `vm.receive-migration` do.
+#[test]
+fn fake_ch_vm_migrate_between_two_nodes_and_back() {
+    let a = Host::new("mig-a");
+    let b = Host::new("mig-b");
+    let switch_a = RunningSwitch::start(&a.dir);
+    let switch_b = RunningSwitch::start(&b.dir);
+    let agent_a = Agent::start(&a, "node-a", &switch_a.control, &[]);
+    let agent_b = Agent::start(&b, "node-b", &switch_b.control, &[]);
+    let o = a.launch(
+        &switch_a,
+        &["--vmm-binary", fake_ch().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let pid_a = fake_pid(&a, &a.row());
+    let _guard_a = KillOnDrop(Some(pid_a));
+
+    let pid_b = migrate_and_check((&a, &switch_a, pid_a), (&b, &switch_b, &agent_b));
+    let _guard_b = KillOnDrop(Some(pid_b));
+    let pid_back = migrate_and_check((&b, &switch_b, pid_b), (&a, &switch_a, &agent_a));
+    let _guard_back = KillOnDrop(Some(pid_back));
+
+    // Home again, a VM like any other: it stops.
+    let o = a.vm(&["stop", VM, "--grace", "5"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!alive(pid_back));
+    assert!(switch_a.port(VM).is_none());
+}
+
+/// A migration whose destination VMM dies while it takes the VM in (the FAKE
+/// cloud-hypervisor, as cloud-hypervisor needs KVM; told to crash by
+/// FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT in the agent's environment): `vm migrate`
+/// fails naming the step, the VM runs on at the source with its port, and the
+/// destination is cleaned up.
+#[test]
+fn fake_ch_vm_migrate_fails_when_the_destination_vmm_dies_and_the_vm_stays() {
+    let a = Host::new("migfail-a");
+    let b = Host::new("migfail-b");
+    let switch_a = RunningSwitch::start(&a.dir);
+    let switch_b = RunningSwitch::start(&b.dir);
+    let agent_b = Agent::start(
+        &b,
+        "node-b",
+        &switch_b.control,
+        &[("FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT", "crash")],
+    );
+    let o = a.launch(
+        &switch_a,
+        &["--vmm-binary", fake_ch().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let before = a.row();
+    let pid = fake_pid(&a, &before);
+    let _guard = KillOnDrop(Some(pid));
+    let config = a.vm_info()["config"].clone();
+
+    let o = migrate(&a, &agent_b);
+
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!(
+            "accelnet: migration of VM {VM} failed at the migrate step: the migration failed: "
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("the destination closed the connection"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the VM runs on the source host") && err.contains("synthetic path"),
+        "{err}"
+    );
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["step"], "migrate", "{report}");
+    assert_eq!(report["final_state"]["runs_on"], "source", "{report}");
+    assert_eq!(report["rollback_errors"], json!([]), "{report}");
+    let sock_b = agent_b.sock.to_str().unwrap();
+    assert_eq!(
+        report["rolled_back"],
+        json!([
+            format!("destination VMM stopped on {sock_b}"),
+            format!("destination switch port removed on {sock_b}"),
+        ])
+    );
+    // The VM runs on A as before: same fake, same config, its port, its record.
+    assert!(alive(pid), "the source's fake runs on");
+    let info = a.vm_info();
+    assert_eq!(info["state"], "Running");
+    assert_eq!(info["config"], config);
+    assert_eq!(a.row(), before, "the record is as before the migration");
+    assert!(switch_a.port(VM).is_some(), "the source's port stays");
+    // Nothing is left on B: its fake died, its port is gone, its record stopped.
+    let rows = b.list();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["phase"], "stopped", "{rows:?}");
+    assert!(rows[0].get("pid").is_none(), "{rows:?}");
+    assert!(
+        switch_b.port(VM).is_none(),
+        "the destination's port is removed"
+    );
+    let log = std::fs::read_to_string(b.vm_dir().join(format!("{VM}.log"))).unwrap();
+    assert!(
+        log.contains("fake-cloud-hypervisor: crashed receiving a migration"),
+        "{log}"
+    );
+    let crashed = log
+        .lines()
+        .find_map(|l| l.strip_prefix("fake-cloud-hypervisor: pid "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .expect("the destination fake's pid in its output");
+    assert!(!alive(crashed), "no fake left on B");
+
+    // A later migration to a healthy B goes through (the stopped record gives way).
+    drop(agent_b);
+    let agent_b = Agent::start(&b, "node-b", &switch_b.control, &[]);
+    let pid_b = migrate_and_check((&a, &switch_a, pid), (&b, &switch_b, &agent_b));
+    let _guard_b = KillOnDrop(Some(pid_b));
+    let o = b.vm(&["stop", VM, "--grace", "5"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// The destination's agent runs but its switch does not: the FAKE
+/// cloud-hypervisor VM (cloud-hypervisor needs KVM) is not migrated, the admit
+/// step says why, and nothing changes on either node.
+#[test]
+fn fake_ch_vm_migrate_to_a_node_whose_switch_is_down_is_refused_at_admit() {
+    let a = Host::new("migdown-a");
+    let b = Host::new("migdown-b");
+    let switch_a = RunningSwitch::start(&a.dir);
+    let down = b.dir.path("ctl.sock");
+    let agent_b = Agent::start(&b, "node-b", &down, &[]);
+    let o = a.launch(
+        &switch_a,
+        &["--vmm-binary", fake_ch().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let before = a.row();
+    let pid = fake_pid(&a, &before);
+    let _guard = KillOnDrop(Some(pid));
+    let requests_before = a.endpoints().len();
+
+    let o = migrate(&a, &agent_b);
+
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!(
+            "accelnet: migration of VM {VM} failed at the admit step: the switch at the \
+             destination {}: ",
+            agent_b.sock.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("the destination node refused: this node's switch does not run"),
+        "{err}"
+    );
+    assert!(err.contains(&down.display().to_string()), "{err}");
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        steps(&report),
+        [("admit".to_owned(), "failed".to_owned())],
+        "{report}"
+    );
+    assert_eq!(report["final_state"]["runs_on"], "source", "{report}");
+    assert!(alive(pid), "the VM runs on");
+    assert_eq!(a.row(), before, "the record is as before");
+    assert_eq!(
+        a.endpoints().len(),
+        requests_before,
+        "the source VMM was not asked anything"
+    );
+    assert!(switch_a.port(VM).is_some());
+    assert!(b.list().is_empty(), "nothing recorded on B");
+    assert!(!b.vm_dir().exists(), "nothing started on B");
+}
+
+/// The destination VMM dies right after the switch-over (the FAKE
+/// cloud-hypervisor, as cloud-hypervisor needs KVM; FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT
+/// `crash-after`): the source's cloud-hypervisor exited once the VM had migrated,
+/// so there is nothing to resume there; `vm migrate` says the VM runs nowhere.
+#[test]
+fn fake_ch_vm_migrate_whose_destination_dies_after_the_switchover_runs_nowhere() {
+    let a = Host::new("mignowhere-a");
+    let b = Host::new("mignowhere-b");
+    let switch_a = RunningSwitch::start(&a.dir);
+    let switch_b = RunningSwitch::start(&b.dir);
+    let agent_b = Agent::start(
+        &b,
+        "node-b",
+        &switch_b.control,
+        &[("FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT", "crash-after")],
+    );
+    let o = a.launch(
+        &switch_a,
+        &["--vmm-binary", fake_ch().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let pid = fake_pid(&a, &a.row());
+    let _guard = KillOnDrop(Some(pid));
+
+    let o = migrate(&a, &agent_b);
+
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!(
+            "accelnet: migration of VM {VM} failed at the migrate step: the migration \
+             completed but the VM does not run at the destination {}: VM {VM}: its \
+             cloud-hypervisor process is gone",
+            agent_b.sock.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("the VM is not known to run anywhere"), "{err}");
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["final_state"]["runs_on"], "unknown", "{report}");
+    let sock_b = agent_b.sock.to_str().unwrap();
+    assert_eq!(
+        report["rolled_back"],
+        json!([
+            format!("destination VMM stopped on {sock_b}"),
+            format!("destination switch port removed on {sock_b}"),
+        ])
+    );
+    let errors = report["rollback_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{report}");
+    let resume = errors[0].as_str().unwrap();
+    assert!(
+        resume.starts_with("source VM resumed on ")
+            && resume.ends_with(&format!(
+                ": failed: VM {VM}: cloud-hypervisor exits once its VM migrated away: there \
+                 is no VM left here to resume"
+            )),
+        "{resume}"
+    );
+    assert!(!alive(pid), "the source's fake exited after the migration");
+    let row = a.row();
+    assert_eq!(row["phase"], "failed", "{row}");
+    assert_eq!(row["reason"], "the VMM process is gone", "{row}");
+    assert!(
+        switch_b.port(VM).is_none(),
+        "the destination's port is removed"
+    );
+    let rows = b.list();
+    assert_eq!(rows[0]["phase"], "stopped", "{rows:?}");
 }

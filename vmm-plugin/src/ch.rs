@@ -6,6 +6,10 @@
 //! then `vm.create`s the VM from [`cmdline::vm_config`] and `vm.boot`s it. With
 //! `spec.incoming` it stops after the ping: the VM comes from
 //! [`Vmm::receive_migration`] (`vm.receive-migration` on an empty VMM, no create).
+//! cloud-hypervisor answers that request only once the VM came in, and no other
+//! request before: the receiving handle's [`Vmm::status`] says
+//! [`VmState::Incoming`] without asking it. On the source, a completed
+//! [`Vmm::migrate_out`] returns once the VMM exited, as it does by itself then.
 //!
 //! cloud-hypervisor has no virtio-net failover (STANDBY): the VF is a plain VFIO
 //! device (id [`cmdline::PRIMARY_ID`]) that accelnet removes and re-adds itself.
@@ -41,6 +45,8 @@ pub use cmdline::{ch_argv, vm_config, vm_config_json, ChOptions, PRIMARY_ID, SYN
 
 const VMM: VmmKind = VmmKind::CloudHypervisor;
 const POLL: Duration = Duration::from_millis(50);
+/// How long the source VMM may take to exit after a completed migration.
+const EXIT_AFTER_MIGRATION: Duration = Duration::from_secs(5);
 
 /// One VM under cloud-hypervisor.
 #[derive(Debug)]
@@ -398,6 +404,14 @@ impl Vmm for ChVm {
         if !alive {
             return Ok(stopped);
         }
+        if self.receiving() {
+            // cloud-hypervisor answers no request before the migration is in.
+            return Ok(VmStatus {
+                state: VmState::Incoming,
+                pid,
+                direct_attached: false,
+            });
+        }
         let info = match self.api.info().await {
             Ok(info) => info,
             Err(e) if is_gone(&e) => return Ok(stopped),
@@ -506,7 +520,7 @@ impl Vmm for ChVm {
             while let Ok(ev) = events.try_recv() {
                 if let VmEvent::Migration { status } = ev {
                     match status.as_str() {
-                        "completed" => return Ok(self.migrated(started, &report)),
+                        "completed" => return Ok(self.migrated(started, &report).await),
                         "failed" => {
                             report("failed", 0);
                             return Err(failed(
@@ -520,11 +534,11 @@ impl Vmm for ChVm {
                 }
             }
             if !self.process_alive() {
-                return Ok(self.migrated(started, &report));
+                return Ok(self.migrated(started, &report).await);
             }
             match self.api.info().await {
-                Err(e) if is_gone(&e) => return Ok(self.migrated(started, &report)),
-                Ok(None) => return Ok(self.migrated(started, &report)),
+                Err(e) if is_gone(&e) => return Ok(self.migrated(started, &report).await),
+                Ok(None) => return Ok(self.migrated(started, &report).await),
                 _ => {}
             }
             if Instant::now() >= deadline {
@@ -543,12 +557,21 @@ impl Vmm for ChVm {
             receiver_url: uri.to_owned(),
         };
         let mut events = self.events.subscribe();
+        let unix_path = uri.strip_prefix("unix:").map(PathBuf::from);
+        if let Some(path) = &unix_path {
+            // cloud-hypervisor does not bind over a file; a leftover (of a VMM
+            // killed while it waited) would also pass for its socket below.
+            match tokio::fs::remove_file(path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.err_start(format!("{}: {e}", path.display()))),
+            }
+        }
         // vm.receive-migration answers only when the migration is received: run it
         // in the background and return once it listens (event
         // `migration-receive-ready`, the unix socket exists) or it ended.
         let api = self.api.with_timeout(self.opts.migration_timeout);
         let mut task = tokio::spawn(async move { api.receive_migration(&data).await });
-        let unix_path = uri.strip_prefix("unix:").map(PathBuf::from);
         let deadline = Instant::now() + self.opts.request_timeout;
         loop {
             if task.is_finished() {
@@ -605,11 +628,35 @@ impl Vmm for ChVm {
 }
 
 impl ChVm {
-    fn migrated(&self, started: Instant, report: &dyn Fn(&str, u64)) -> MigrationSummary {
+    /// Whether this handle's `vm.receive-migration` still waits for the migration.
+    fn receiving(&self) -> bool {
+        self.receiving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+
+    /// The summary of a completed outgoing migration, once the VMM exited (it
+    /// does by itself then; at most [`EXIT_AFTER_MIGRATION`]), so that whoever
+    /// looks next finds it gone rather than on its way out.
+    async fn migrated(
+        &self,
+        started: Instant,
+        report: &(dyn Fn(&str, u64) + Sync),
+    ) -> MigrationSummary {
         self.migrated.store(true, Ordering::SeqCst);
+        let total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if !self.wait_exit(EXIT_AFTER_MIGRATION).await {
+            log::warn!(
+                "VM {}: cloud-hypervisor still runs {:.0} s after its VM migrated away",
+                self.spec.name,
+                EXIT_AFTER_MIGRATION.as_secs_f64()
+            );
+        }
         report("completed", 0);
         MigrationSummary {
-            total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            total_ms,
             downtime_ms: None,
             transferred: 0,
         }

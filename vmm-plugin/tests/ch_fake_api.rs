@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
-use vmm_plugin::ch::api::ChApi;
-use vmm_plugin::ch::fake::{FakeChServer, FakeVmPhase};
+use vmm_plugin::ch::api::{ChApi, SendMigrationData};
+use vmm_plugin::ch::fake::{FakeChServer, FakeVmPhase, ReceiveFault};
 use vmm_plugin::ch::{ChOptions, ChVm};
 use vmm_plugin::{
     DirectPath, EventReceiver, MigrationProgress, StandinModel, SyntheticNic, VmEvent, VmSpec,
@@ -139,12 +139,22 @@ async fn fake_api_life_cycle_through_the_vmm_trait() {
     );
     assert!(vm.status().await.unwrap().direct_attached);
 
+    // The destination: a second fake, an empty VMM receiving on a unix socket.
+    let dst_dir = run_dir("life-dst");
+    let dst_opts = opts(&dst_dir);
+    let dst_fake = fake_for(&dst_opts).await;
+    let mut dst = ChVm::new(spec(true), dst_opts).unwrap();
+    dst.start().await.unwrap();
+    let uri = format!("unix:{}", dst_dir.join("migrate.sock").display());
+    dst.receive_migration(&uri).await.unwrap();
+    let config = fake.config().expect("the source's VM");
+
     let seen = Mutex::new(Vec::new());
     let progress = |p: &MigrationProgress| seen.lock().unwrap().push(p.status.clone());
-    let summary = vm.migrate_out("unix:/x", &progress).await.unwrap();
+    let summary = vm.migrate_out(&uri, &progress).await.unwrap();
     assert_eq!(
         fake.bodies("vm.send-migration"),
-        [json!({"destination_url": "unix:/x", "local": true})]
+        [json!({"destination_url": uri, "local": true})]
     );
     assert_eq!(*seen.lock().unwrap(), ["active", "completed"]);
     assert_eq!(summary.downtime_ms, None);
@@ -158,27 +168,134 @@ async fn fake_api_life_cycle_through_the_vmm_trait() {
     assert!(fake.exited());
     assert_eq!(vm.status().await.unwrap().state, VmState::Migrated);
     vm.stop(Duration::from_secs(1)).await.unwrap();
+    // The destination runs the VM with the source's config, hot-plugs included.
+    wait_state(&dst, VmState::Running).await;
+    assert_eq!(dst_fake.config(), Some(config));
+    assert!(dst.status().await.unwrap().direct_attached);
+    assert!(
+        !dst_dir.join("migrate.sock").exists(),
+        "removed once connected"
+    );
 }
 
-/// Destination side and stop, against the fake API server.
+/// Polls `vm`'s status until it is `want` (3 s at most).
+async fn wait_state(vm: &ChVm, want: VmState) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let state = vm.status().await.expect("status").state;
+        if state == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VM {state:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A second fake with a booted VM, as a migration source; its API.
+async fn source_fake(test: &str) -> (FakeChServer, ChApi, Value) {
+    let dir = run_dir(test);
+    let fake = FakeChServer::start(dir.join("src.sock"))
+        .await
+        .expect("fake API server");
+    fake.set_event_file(dir.join("src.events"));
+    let api = ChApi::new("vm1", dir.join("src.sock"), Duration::from_secs(5));
+    let config = json!({
+        "payload": {"kernel": "/boot/vmlinux"},
+        "memory": {"size": 268_435_456, "shared": true},
+        "net": [{"mac": "52:54:00:aa:bb:01", "vhost_user": true,
+                 "vhost_socket": "/run/accelnet/vm1.vhost", "id": "synth0"}],
+    });
+    api.create_json(&config).await.expect("created");
+    api.boot().await.expect("booted");
+    (fake, api, config)
+}
+
+fn send_to(uri: &str) -> SendMigrationData {
+    SendMigrationData {
+        destination_url: uri.to_owned(),
+        local: Some(uri.starts_with("unix:")),
+    }
+}
+
+/// The `source/event` names in an event-monitor file.
+fn event_names(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    serde_json::Deserializer::from_slice(&text)
+        .into_iter::<Value>()
+        .map(|r| {
+            let r = r.expect("event records are JSON");
+            format!(
+                "{}/{}",
+                r["source"].as_str().expect("source"),
+                r["event"].as_str().expect("event")
+            )
+        })
+        .collect()
+}
+
+/// Destination side and stop, against the fake API server: the VM comes from a
+/// second fake over a unix socket.
 #[tokio::test]
 async fn fake_api_receive_migration_then_stop() {
     let dir = run_dir("recv");
     let o = opts(&dir);
     let fake = fake_for(&o).await;
-    let mut vm = ChVm::new(spec(true), o).unwrap();
+    let mut vm = ChVm::new(spec(true), o.clone()).unwrap();
     vm.start().await.unwrap();
     // An incoming VM is not created: the migration brings it.
     assert_eq!(fake.endpoints(), ["vmm.ping"]);
     assert_eq!(vm.status().await.unwrap().state, VmState::Incoming);
+    let mut events = vm.events();
 
-    vm.receive_migration("tcp:0.0.0.0:4444").await.unwrap();
+    // A leftover file where the VMM listens (cloud-hypervisor would not bind
+    // over it): the driver removes it.
+    let sock = dir.join("migrate.sock");
+    std::fs::write(&sock, "stale").unwrap();
+    let uri = format!("unix:{}", sock.display());
+    vm.receive_migration(&uri).await.unwrap();
     assert_eq!(
         fake.bodies("vm.receive-migration"),
-        [json!({"receiver_url": "tcp:0.0.0.0:4444"})]
+        [json!({"receiver_url": uri})]
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(vm.status().await.unwrap().state, VmState::Running);
+    // Until the migration is in, cloud-hypervisor answers nothing; the driver's
+    // status does not ask it.
+    assert_eq!(vm.status().await.unwrap().state, VmState::Incoming);
+    let short = ChApi::new("vm1", o.api_socket("vm1"), Duration::from_millis(300));
+    let e = short.ping().await.unwrap_err();
+    assert!(matches!(e, VmmError::Timeout { .. }), "{e:?}");
+    assert_eq!(fake.phase(), FakeVmPhase::NotCreated);
+
+    let (src, src_api, config) = source_fake("recv-src").await;
+    src_api.send_migration(&send_to(&uri)).await.unwrap();
+
+    assert!(src.exited(), "the source VMM exits once the VM migrated");
+    assert_eq!(src.config(), None);
+    wait_state(&vm, VmState::Running).await;
+    assert_eq!(fake.config(), Some(config));
+    for status in ["setup", "active", "completed"] {
+        next_event(&mut events, |e| {
+            *e == VmEvent::Migration {
+                status: status.into(),
+            }
+        })
+        .await;
+    }
+    assert_eq!(
+        event_names(&dir.join("vm1.events")),
+        [
+            "vm/migration-receive-ready",
+            "vm/migration-receive-started",
+            "vm/migration-receive-finished"
+        ]
+    );
+    // The ping that waited was answered after the migration.
+    assert_eq!(
+        fake.endpoints()[..4],
+        ["vmm.ping", "vm.info", "vm.receive-migration", "vmm.ping"]
+    );
 
     vm.stop(Duration::from_secs(2)).await.unwrap();
     assert_eq!(
@@ -512,4 +629,216 @@ async fn spawned_vmm_that_never_answers_times_out_and_is_killed() {
     assert_eq!(vm.status().await.unwrap().state, VmState::Stopped);
     let ev = next_event(&mut events, |e| matches!(e, VmEvent::Shutdown { .. })).await;
     assert!(matches!(ev, VmEvent::Shutdown { reason } if reason.contains("signal")));
+}
+
+/// A destination fake receiving on `uri` (in the background, as cloud-hypervisor's
+/// `vm.receive-migration` answers only at the end); its API socket's answer.
+async fn receiving_fake(
+    test: &str,
+    uri: &str,
+    fault: Option<ReceiveFault>,
+) -> (
+    FakeChServer,
+    PathBuf,
+    tokio::task::JoinHandle<Result<(), VmmError>>,
+) {
+    let dir = run_dir(test);
+    let fake = FakeChServer::start(dir.join("dst.sock"))
+        .await
+        .expect("fake API server");
+    fake.set_event_file(dir.join("dst.events"));
+    fake.set_receive_fault(fault);
+    let api = ChApi::new("vm1", dir.join("dst.sock"), Duration::from_secs(5));
+    let data = vmm_plugin::ch::api::ReceiveMigrationData {
+        receiver_url: uri.to_owned(),
+    };
+    let answer = tokio::spawn(async move { api.receive_migration(&data).await });
+    // Listening once the event says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !event_names(&dir.join("dst.events")).contains(&"vm/migration-receive-ready".into()) {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (fake, dir, answer)
+}
+
+/// The source's VM keeps running, its VMM stays, when the migration fails.
+async fn assert_source_kept(src: &FakeChServer, src_api: &ChApi, config: &Value) {
+    assert!(!src.exited());
+    assert_eq!(src.phase(), FakeVmPhase::Running);
+    assert_eq!(src.config().as_ref(), Some(config));
+    assert_eq!(
+        src_api.info().await.expect("vm.info").expect("a VM").state,
+        "Running"
+    );
+}
+
+#[tokio::test]
+async fn fake_api_send_migration_without_a_receiver_fails_and_the_vm_keeps_running() {
+    let (src, src_api, config) = source_fake("send-nobody").await;
+    let dir = run_dir("send-nobody-dst");
+    let uri = format!("unix:{}", dir.join("nobody.sock").display());
+
+    let e = src_api.send_migration(&send_to(&uri)).await.unwrap_err();
+
+    match &e {
+        VmmError::Command {
+            command, message, ..
+        } => {
+            assert_eq!(command, "vm.send-migration");
+            assert!(message.starts_with("HTTP 500"), "{message}");
+            assert!(
+                message.contains("Error sending migration: Error connecting to UNIX socket"),
+                "{message}"
+            );
+        }
+        other => panic!("want Command, got {other:?}"),
+    }
+    assert_source_kept(&src, &src_api, &config).await;
+    let events = event_names(&run_dir_of(&src).join("src.events"));
+    assert_eq!(
+        events[events.len() - 2..],
+        ["vm/migration-started", "vm/migration-failed"]
+    );
+    // A URL cloud-hypervisor cannot use is refused before anything starts.
+    let e = src_api.send_migration(&send_to("unix:")).await.unwrap_err();
+    assert!(
+        e.to_string().contains("Could not extract path from URL"),
+        "{e}"
+    );
+    assert_source_kept(&src, &src_api, &config).await;
+}
+
+/// The fake's run dir from its API socket.
+fn run_dir_of(fake: &FakeChServer) -> PathBuf {
+    fake.socket().parent().expect("a run dir").to_path_buf()
+}
+
+#[tokio::test]
+async fn fake_api_destination_refusing_the_migration_fails_both_sides() {
+    let dst_sock = run_dir("refuse-sock").join("m.sock");
+    let uri = format!("unix:{}", dst_sock.display());
+    let (dst, dst_dir, answer) =
+        receiving_fake("refuse-dst", &uri, Some(ReceiveFault::Refuse)).await;
+    let (src, src_api, config) = source_fake("refuse-src").await;
+
+    let e = src_api.send_migration(&send_to(&uri)).await.unwrap_err();
+
+    assert!(
+        e.to_string()
+            .contains("Error completing migration: the destination answered \"error\""),
+        "{e}"
+    );
+    assert_source_kept(&src, &src_api, &config).await;
+    let e = answer.await.unwrap().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Error receiving migration: Migration was aborted"),
+        "{e}"
+    );
+    // The destination VMM stays up, without a VM, and can take another one.
+    assert!(!dst.exited());
+    assert_eq!(dst.config(), None);
+    let api = ChApi::new("vm1", dst_dir.join("dst.sock"), Duration::from_secs(2));
+    assert_eq!(api.info().await.unwrap(), None);
+    assert_eq!(
+        event_names(&dst_dir.join("dst.events")),
+        [
+            "vm/migration-receive-ready",
+            "vm/migration-receive-started",
+            "vm/migration-receive-failed"
+        ]
+    );
+    assert!(
+        !dst_sock.exists(),
+        "the socket went once the source connected"
+    );
+}
+
+#[tokio::test]
+async fn fake_api_destination_crashing_during_the_migration() {
+    let dst_sock = run_dir("crash-sock").join("m.sock");
+    let uri = format!("unix:{}", dst_sock.display());
+    let (dst, dst_dir, answer) = receiving_fake("crash-dst", &uri, Some(ReceiveFault::Crash)).await;
+    let (src, src_api, config) = source_fake("crash-src").await;
+
+    let e = src_api.send_migration(&send_to(&uri)).await.unwrap_err();
+
+    assert!(
+        e.to_string()
+            .contains("Error completing migration: the destination closed the connection"),
+        "{e}"
+    );
+    assert_source_kept(&src, &src_api, &config).await;
+    assert!(dst.crashed() && dst.exited());
+    assert!(!dst_dir.join("dst.sock").exists(), "its API socket is gone");
+    assert!(!answer.is_finished(), "a dead VMM answers nothing");
+    answer.abort();
+    assert_eq!(
+        event_names(&dst_dir.join("dst.events")),
+        ["vm/migration-receive-ready", "vm/migration-receive-started"]
+    );
+}
+
+#[tokio::test]
+async fn fake_api_migration_over_tcp() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    let (dst, _dst_dir, answer) = receiving_fake("tcp-dst", &uri, None).await;
+    let (src, src_api, config) = source_fake("tcp-src").await;
+    // --local needs a unix socket.
+    let mut local = send_to(&uri);
+    local.local = Some(true);
+    let e = src_api.send_migration(&local).await.unwrap_err();
+    assert!(
+        e.to_string().contains("only supported with UNIX sockets"),
+        "{e}"
+    );
+
+    src_api.send_migration(&send_to(&uri)).await.unwrap();
+
+    answer.await.unwrap().unwrap();
+    assert!(src.exited());
+    assert_eq!(dst.config(), Some(config));
+    assert_eq!(dst.phase(), FakeVmPhase::Running);
+    // A VMM with a VM takes no migration in.
+    let again = ChApi::new("vm1", dst.socket(), Duration::from_secs(2));
+    let e = again
+        .receive_migration(&vmm_plugin::ch::api::ReceiveMigrationData {
+            receiver_url: uri.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("a VM is already created"), "{e}");
+}
+
+#[tokio::test]
+async fn fake_api_destination_crashing_right_after_the_migration() {
+    let dst_sock = run_dir("crash-after-sock").join("m.sock");
+    let uri = format!("unix:{}", dst_sock.display());
+    let (dst, dst_dir, answer) =
+        receiving_fake("crash-after-dst", &uri, Some(ReceiveFault::CrashAfter)).await;
+    let (src, src_api, config) = source_fake("crash-after-src").await;
+
+    src_api.send_migration(&send_to(&uri)).await.unwrap();
+
+    // The source saw a completed migration and is gone; so is the destination.
+    assert!(src.exited() && !src.crashed());
+    assert_eq!(dst.config(), Some(config));
+    assert!(dst.crashed() && dst.exited());
+    assert!(!dst_dir.join("dst.sock").exists());
+    assert!(!answer.is_finished(), "a dead VMM answers nothing");
+    answer.abort();
+    assert_eq!(
+        event_names(&dst_dir.join("dst.events")),
+        [
+            "vm/migration-receive-ready",
+            "vm/migration-receive-started",
+            "vm/migration-receive-finished"
+        ]
+    );
 }

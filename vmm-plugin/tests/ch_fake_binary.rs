@@ -259,6 +259,126 @@ async fn fake_ch_binary_exits_on_sigterm_shutting_the_vm_down() {
     assert!(out.ends_with("exiting (SIGTERM)\n"), "{out}");
 }
 
+/// Waits for `child` to exit (5 s at most).
+async fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the fake did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn fake_ch_binary_migrates_a_vm_to_another_fake_process() {
+    let src_dir = Scratch::new("mig-src");
+    let dst_dir = Scratch::new("mig-dst");
+    let mut src_opts = ChOptions::new(FAKE, &src_dir.0);
+    src_opts.request_timeout = Duration::from_secs(5);
+    let mut src = ChVm::new(spec(&src_dir.0), src_opts.clone()).unwrap();
+    src.start().await.expect("spawn, create, boot");
+    let _src_guard = KillOnDrop(src.pid());
+    let mut dst_opts = ChOptions::new(FAKE, &dst_dir.0);
+    dst_opts.request_timeout = Duration::from_secs(5);
+    let mut incoming = spec(&src_dir.0);
+    incoming.incoming = true;
+    let mut dst = ChVm::new(incoming, dst_opts.clone()).unwrap();
+    dst.start().await.expect("spawn, empty");
+    let _dst_guard = KillOnDrop(dst.pid());
+    let uri = format!("unix:{}", dst_dir.0.join("migrate.sock").display());
+    dst.receive_migration(&uri).await.expect("listening");
+    let src_pid = src.pid().unwrap();
+    let config = src.api().info().await.unwrap().unwrap().config;
+
+    src.migrate_out(&uri, &|_| {}).await.expect("migrated");
+
+    assert_eq!(src.status().await.unwrap().state, VmState::Migrated);
+    // Stopping the migrated-away VMM only waits for (and reaps) its exit.
+    src.stop(Duration::from_secs(5)).await.unwrap();
+    assert!(gone(src_pid), "the source fake exited by itself");
+    let output = std::fs::read_to_string(src_opts.log_file("vm1")).unwrap();
+    assert!(
+        output.ends_with("fake-cloud-hypervisor: exiting (migrated)\n"),
+        "{output}"
+    );
+    let info = dst.api().info().await.unwrap().expect("the VM came in");
+    assert_eq!(info.state, "Running");
+    assert_eq!(info.config, config);
+    assert_eq!(
+        events(&dst_opts.event_file("vm1")),
+        [
+            "vmm/starting",
+            "vm/migration-receive-ready",
+            "vm/migration-receive-started",
+            "vm/migration-receive-finished"
+        ]
+    );
+    dst.stop(Duration::from_secs(5)).await.expect("stopped");
+}
+
+#[tokio::test]
+async fn fake_ch_binary_crashes_receiving_a_migration_when_told_to() {
+    let dir = Scratch::new("mig-crash");
+    let sock = dir.0.join("dst.sock");
+    let mut child = Command::new(FAKE)
+        .arg("--api-socket")
+        .arg(format!("path={}", sock.display()))
+        .env("FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT", "crash")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(Some(child.id()));
+    let api = ChApi::new("vm1", &sock, Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "the fake never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let migrate_sock = dir.0.join("migrate.sock");
+    let uri = format!("unix:{}", migrate_sock.display());
+    let data = vmm_plugin::ch::api::ReceiveMigrationData {
+        receiver_url: uri.clone(),
+    };
+    let answer = tokio::spawn(async move { api.receive_migration(&data).await });
+    while !migrate_sock.exists() {
+        assert!(Instant::now() < deadline, "the fake never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let src_dir = Scratch::new("mig-crash-src");
+    let mut opts = ChOptions::new(FAKE, &src_dir.0);
+    opts.request_timeout = Duration::from_secs(5);
+    let mut src = ChVm::new(spec(&src_dir.0), opts).unwrap();
+    src.start().await.unwrap();
+    let _src_guard = KillOnDrop(src.pid());
+
+    let e = src.migrate_out(&uri, &|_| {}).await.unwrap_err();
+
+    assert!(matches!(e, VmmError::Migration { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("the destination closed the connection"),
+        "{e}"
+    );
+    assert_eq!(src.status().await.unwrap().state, VmState::Running);
+    let status = exit_of(&mut child).await;
+    assert_eq!(status.code(), Some(1));
+    let e = answer.await.unwrap().unwrap_err();
+    assert!(
+        matches!(e, VmmError::Exited { .. } | VmmError::Protocol { .. }),
+        "{e:?}"
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("crashed receiving a migration (FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT)"),
+        "{err}"
+    );
+    src.stop(Duration::from_secs(5)).await.unwrap();
+}
+
 #[test]
 fn fake_ch_binary_refuses_a_command_line_without_api_socket() {
     let o = Command::new(FAKE)

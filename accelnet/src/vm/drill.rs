@@ -580,7 +580,8 @@ fn restart_switch(control: &Path, run_dir: &Path) -> anyhow::Result<Restarted> {
     })
 }
 
-fn is_zombie(proc_dir: &Path) -> bool {
+/// A killed process its parent has not reaped yet (or one gone) counts as gone.
+pub(super) fn is_zombie(proc_dir: &Path) -> bool {
     std::fs::read_to_string(proc_dir.join("stat"))
         .ok()
         .and_then(|s| {

@@ -17,8 +17,9 @@ use migration::live::{
 };
 use serde::{Deserialize, Serialize};
 use sriov::steer::Route as SteerRoute;
+use vmm_plugin::ch::{ChOptions, ChVm};
 use vmm_plugin::qemu::{QemuOptions, QemuVm};
-use vmm_plugin::{VmState, VmmError, VmmKind};
+use vmm_plugin::{VmState, Vmm, VmmError, VmmKind};
 
 use super::agent::{self, AgentRequest, AgentResponse, IncomingVm};
 use super::path::{self, CLASS_NET};
@@ -256,6 +257,9 @@ impl LocalNode {
                 Ok(NodeAnswer::Done)
             }
             NodeOp::Resume => {
+                if rec.vmm == VmmKind::CloudHypervisor {
+                    return resume_ch(&rec).await;
+                }
                 Self::qemu(&rec, "resuming after a migration")
                     .await?
                     .execute("cont", None)
@@ -274,10 +278,18 @@ impl LocalNode {
             }
             NodeOp::Stop => {
                 if rec.process_alive(Path::new("/proc")) {
-                    let mut vmm = Self::vmm(&rec).await?;
-                    vmm.stop(Duration::from_secs(2))
-                        .await
-                        .map_err(|e| vmm_op_error(&e))?;
+                    match Self::vmm(&rec).await {
+                        Ok(mut vmm) => vmm
+                            .stop(Duration::from_secs(2))
+                            .await
+                            .map_err(|e| vmm_op_error(&e))?,
+                        // A VMM that does not answer (cloud-hypervisor serves no API
+                        // while it receives a migration) is killed by its pid.
+                        Err(e) => {
+                            log::warn!("VM {name}: {e}; killing its VMM");
+                            kill_vmm(&rec).await?;
+                        }
+                    }
                 }
                 store
                     .update(name, |r| {
@@ -372,6 +384,65 @@ impl LocalNode {
             }
         }
     }
+}
+
+/// [`NodeOp::Resume`] on cloud-hypervisor, whose VMM exits once its VM migrated
+/// away (nothing is left to resume then); a VMM still there has the VM running
+/// (a failed migration resumes it) or paused (`vm.resume`).
+async fn resume_ch(rec: &VmRecord) -> Result<NodeAnswer, OpError> {
+    let name = rec.name();
+    if !rec.process_alive(Path::new("/proc")) {
+        return Err(OpError::gone(format!(
+            "VM {name}: cloud-hypervisor exits once its VM migrated away: there is no VM \
+             left here to resume"
+        )));
+    }
+    let opts = ChOptions::new("cloud-hypervisor", &rec.run_dir);
+    let ch = ChVm::attach(rec.spec.clone(), opts, rec.pid)
+        .await
+        .map_err(|e| vmm_op_error(&e))?;
+    match ch.status().await.map_err(|e| vmm_op_error(&e))?.state {
+        VmState::Running => Ok(NodeAnswer::Done),
+        VmState::Paused => {
+            ch.api().resume().await.map_err(|e| vmm_op_error(&e))?;
+            Ok(NodeAnswer::Done)
+        }
+        other => Err(OpError::failed(format!(
+            "VM {name}: cloud-hypervisor reports it {other:?}: there is nothing to resume"
+        ))),
+    }
+}
+
+/// SIGKILLs the recorded VMM process (checked against its start time) and waits
+/// up to 5 s for it to go.
+async fn kill_vmm(rec: &VmRecord) -> Result<(), OpError> {
+    let name = rec.name();
+    let proc_root = Path::new("/proc");
+    let Some(pid) = rec.pid.filter(|_| rec.process_alive(proc_root)) else {
+        return Ok(());
+    };
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| OpError::failed(format!("VM {name}: pid {pid} out of range")))?;
+    // SAFETY: kill(2) on the VM's own VMM pid, checked against its start time above.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(OpError::failed(format!(
+                "VM {name}: cannot kill its VMM (pid {pid}): {err}"
+            )));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rec.process_alive(proc_root) && !super::drill::is_zombie(&proc_root.join(pid.to_string()))
+    {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(OpError::failed(format!(
+                "VM {name}: its VMM (pid {pid}) is still there 5 s after SIGKILL"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 /// Starts the hold, or releases it (out of uplink `via`); returns the frames held.

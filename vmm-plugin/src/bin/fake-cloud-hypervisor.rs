@@ -21,20 +21,30 @@
 //! pid <pid> argv <JSON array>`, then every API request as one JSON line
 //! (`{"method", "endpoint", "body"}`), in order.
 //!
-//! It exits 0 after `vmm.shutdown` (answered first), and on SIGTERM or SIGINT
-//! (a booted VM shuts down first: events `vm/shutdown`, `vmm/shutdown`); the API
-//! socket is removed. `--version` prints a cloud-hypervisor-like version line.
-//! A bad command line exits 1 with the reason on standard error.
+//! It exits 0 after `vmm.shutdown` (answered first), after its VM migrated away,
+//! and on SIGTERM or SIGINT (a booted VM shuts down first: events `vm/shutdown`,
+//! `vmm/shutdown`); the API socket is removed. `--version` prints a
+//! cloud-hypervisor-like version line. A bad command line exits 1 with the reason
+//! on standard error.
+//!
+//! Migrations go between two fakes (see [`FakeChServer`]). The environment
+//! variable `FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT` injects a destination fault
+//! ([`ReceiveFault`](vmm_plugin::ch::fake::ReceiveFault)) once the source
+//! connected: `refuse` (the migration is aborted, the VMM stays up), `crash` (the
+//! process dies at once, exit status 1, no answer) or `crash-after` (it dies so
+//! right after the migration completed).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use vmm_plugin::ch::fake::FakeChServer;
+use vmm_plugin::ch::fake::{FakeChServer, ReceiveFault};
 
 const NAME: &str = "fake-cloud-hypervisor";
 const VERSION: &str = "cloud-hypervisor v48.0-fake";
+/// The destination fault to inject, if any (`refuse`, `crash`, `crash-after`).
+const RECEIVE_FAULT_ENV: &str = "FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT";
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -148,6 +158,13 @@ fn parse(args: &[String]) -> Result<Command, String> {
 async fn serve(args: ServeArgs, argv: &[String]) -> Result<&'static str, String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
+    let fault = match std::env::var(RECEIVE_FAULT_ENV) {
+        Ok(v) => Some(
+            v.parse::<ReceiveFault>()
+                .map_err(|e| format!("{RECEIVE_FAULT_ENV}: {e}"))?,
+        ),
+        Err(_) => None,
+    };
     let argv_json = serde_json::to_string(argv).unwrap_or_default();
     println!("{NAME}: pid {} argv {argv_json}", std::process::id());
     for option in &args.ignored {
@@ -168,8 +185,22 @@ async fn serve(args: ServeArgs, argv: &[String]) -> Result<&'static str, String>
     )
     .await
     .map_err(|e| format!("cannot listen on {}: {e}", args.api_socket.display()))?;
+    if let Some(f) = fault {
+        println!("{NAME}: incoming migrations fail: {f:?} ({RECEIVE_FAULT_ENV})");
+        fake.set_receive_fault(Some(f));
+    }
     let why = tokio::select! {
-        () = fake.wait_exit() => "vmm.shutdown",
+        () = fake.wait_exit() => {
+            if fake.crashed() {
+                // Dead at once: no answer goes out, nothing is cleaned up.
+                return Err(format!("crashed receiving a migration ({RECEIVE_FAULT_ENV})"));
+            }
+            if fake.config().is_none() && !fake.bodies("vm.send-migration").is_empty() {
+                "migrated"
+            } else {
+                "vmm.shutdown"
+            }
+        }
         _ = term.recv() => {
             fake.terminate();
             "SIGTERM"

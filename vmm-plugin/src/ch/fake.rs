@@ -13,7 +13,23 @@
 //! arrays of messages. Like cloud-hypervisor, `vm.info` says `Created` after
 //! `vm.shutdown` (the VM object is gone, its config stays), and the VMM exits
 //! (the socket goes away) after `vmm.shutdown` and after a successful outgoing
-//! migration.
+//! migration. Like its single VMM thread, the fake handles one request at a time,
+//! each to its end even if the client went away.
+//!
+//! Migrations go between two fakes (processes, or servers of one test) over the
+//! URL's `unix:PATH` or `tcp:HOST:PORT`, as cloud-hypervisor's do, carrying the VM
+//! config (no memory: the fake has none). `vm.receive-migration` binds the
+//! address (a file in the way is an error; the socket file goes once the source
+//! connected; event `migration-receive-ready`) and answers only once the VM came
+//! in and runs (`migration-receive-started`, `migration-receive-finished`) or the
+//! migration failed (`500`, `migration-receive-failed`); until then every other
+//! request waits, as on cloud-hypervisor. `vm.send-migration` connects, sends the
+//! config as one JSON line `{"config": ...}`, and answers once the destination
+//! answered `ok` (events `migration-started`, `migration-finished`; the VMM
+//! exits), or `500` with the reason (`Error connecting to UNIX socket: ...`;
+//! event `migration-failed`, the VM keeps running here). Faults:
+//! [`FakeChServer::set_migration_fails`] (the source), and
+//! [`FakeChServer::set_receive_fault`] (the destination).
 //!
 //! It records every request (and can journal each one as a JSON line to a writer),
 //! can fail or delay the next call of an endpoint, and writes event-monitor records
@@ -35,7 +51,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::UnixListener;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -48,6 +65,42 @@ pub struct RecordedRequest {
     pub endpoint: String,
     /// The JSON body (`Value::Null` when empty, a JSON string when not JSON).
     pub body: Value,
+}
+
+/// How an incoming migration fails once the source connected
+/// ([`FakeChServer::set_receive_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveFault {
+    /// The destination aborts it, as cloud-hypervisor does when a migration
+    /// command fails: the source's `vm.send-migration` fails (its VM keeps
+    /// running), `vm.receive-migration` answers 500 "Migration was aborted" (event
+    /// `migration-receive-failed`), and the VMM stays up without a VM.
+    Refuse,
+    /// The destination VMM dies once it read the VM config: the connection drops,
+    /// nothing answers, no event, the API socket goes away
+    /// ([`FakeChServer::crashed`]; the binary exits 1).
+    Crash,
+    /// The destination VMM dies right after the migration completed: the source
+    /// hears `ok` (its VMM exits), then the destination's API socket goes away
+    /// (after event `migration-receive-finished`), `vm.receive-migration`
+    /// unanswered.
+    CrashAfter,
+}
+
+impl std::str::FromStr for ReceiveFault {
+    type Err = String;
+
+    /// `refuse`, `crash` or `crash-after`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refuse" => Ok(ReceiveFault::Refuse),
+            "crash" => Ok(ReceiveFault::Crash),
+            "crash-after" => Ok(ReceiveFault::CrashAfter),
+            other => Err(format!(
+                "unknown receive fault {other:?}: want refuse, crash or crash-after"
+            )),
+        }
+    }
 }
 
 /// Life cycle of the fake VM.
@@ -79,8 +132,9 @@ struct State {
     /// is a guest that never releases the device.
     removal_delay: Option<Duration>,
     migration_fails: bool,
-    incoming_config: Value,
+    receive_fault: Option<ReceiveFault>,
     exited: bool,
+    crashed: bool,
     journal: Option<Journal>,
 }
 
@@ -99,6 +153,9 @@ struct Shared {
     socket: PathBuf,
     /// `true` once the fake VMM exited.
     exit: watch::Sender<bool>,
+    /// cloud-hypervisor's VMM thread: one request at a time, each to its end (a
+    /// migration included), whether or not its client still waits.
+    vmm: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Shared {
@@ -161,12 +218,14 @@ impl FakeChServer {
                 next_bdf: 4,
                 removal_delay: None,
                 migration_fails: false,
-                incoming_config: json!({"payload": {"kernel": "/migrated/vmlinux"}}),
+                receive_fault: None,
                 exited: false,
+                crashed: false,
                 journal: journal.map(Journal),
             }),
             socket,
             exit: watch::channel(false).0,
+            vmm: Arc::new(tokio::sync::Mutex::new(())),
         });
         emit(&shared.lock(), "vmm", "starting", None);
         let accept_shared = Arc::clone(&shared);
@@ -236,9 +295,10 @@ impl FakeChServer {
         self.shared.lock().migration_fails = fails;
     }
 
-    /// The VM config a `vm.receive-migration` brings in.
-    pub fn set_incoming_config(&self, config: Value) {
-        self.shared.lock().incoming_config = config;
+    /// How the next incoming migrations fail once the source connected; `None`
+    /// (the default): they complete.
+    pub fn set_receive_fault(&self, fault: Option<ReceiveFault>) {
+        self.shared.lock().receive_fault = fault;
     }
 
     /// Every request so far.
@@ -273,6 +333,11 @@ impl FakeChServer {
     /// Whether the fake "VMM" exited (`vmm.shutdown`, migrated away).
     pub fn exited(&self) -> bool {
         self.shared.lock().exited
+    }
+
+    /// Whether the fake "VMM" crashed ([`ReceiveFault`]).
+    pub fn crashed(&self) -> bool {
+        self.shared.lock().crashed
     }
 
     /// Returns once the fake "VMM" exited ([`exited`](Self::exited)).
@@ -369,17 +434,33 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    let (status, reply) = {
-        let mut st = shared.lock();
-        let injected = st.failures.get_mut(&endpoint).and_then(VecDeque::pop_front);
-        match injected {
-            Some((code, message)) => err(
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                message,
-            ),
-            None => route(&shared, &mut st, &method, &endpoint, &body, &body_value),
+    // The request runs to its end in a task of its own, holding the "VMM
+    // thread", even if its client goes away (a migration is not abandoned).
+    let work = tokio::spawn(async move {
+        let _vmm = Arc::clone(&shared.vmm).lock_owned().await;
+        let step = {
+            let mut st = shared.lock();
+            let injected = st.failures.get_mut(&endpoint).and_then(VecDeque::pop_front);
+            match injected {
+                Some((code, message)) => Step::Reply(err(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    message,
+                )),
+                None => route(&shared, &mut st, &method, &endpoint, &body, &body_value),
+            }
+        };
+        match step {
+            Step::Reply(reply) => reply,
+            Step::Send { to, config } => send_migration(&shared, &to, &config).await,
+            Step::Receive { from } => receive_migration(&shared, &from).await,
         }
-    };
+    });
+    let (status, reply) = work.await.unwrap_or_else(|e| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the fake's request task failed: {e}"),
+        )
+    });
     let bytes = reply
         .map(|v| Bytes::from(v.to_string()))
         .unwrap_or_default();
@@ -411,6 +492,20 @@ const PUT_ENDPOINTS: &[&str] = &[
     "vm.receive-migration",
 ];
 
+/// What a request leads to: an answer now, or a migration to run first.
+enum Step {
+    Reply(Reply),
+    /// `vm.send-migration`: send `config` to `to`.
+    Send {
+        to: Endpoint,
+        config: Value,
+    },
+    /// `vm.receive-migration`: take the VM in on `from`.
+    Receive {
+        from: Endpoint,
+    },
+}
+
 fn route(
     shared: &Arc<Shared>,
     st: &mut State,
@@ -418,14 +513,14 @@ fn route(
     endpoint: &str,
     raw: &Bytes,
     body: &Value,
-) -> Reply {
+) -> Step {
     let is_get = GET_ENDPOINTS.contains(&endpoint);
     let is_put = PUT_ENDPOINTS.contains(&endpoint);
     if !is_get && !is_put {
-        return err(StatusCode::NOT_FOUND, "Not Found");
+        return Step::Reply(err(StatusCode::NOT_FOUND, "Not Found"));
     }
     if (is_get && method != Method::GET) || (is_put && method != Method::PUT) {
-        return (StatusCode::BAD_REQUEST, None);
+        return Step::Reply((StatusCode::BAD_REQUEST, None));
     }
     // Endpoints with a required request body: missing → 400, not JSON → 400.
     let needs_body = matches!(
@@ -439,15 +534,24 @@ fn route(
     );
     if needs_body {
         if raw.is_empty() {
-            return err(StatusCode::BAD_REQUEST, "Bad Request");
+            return Step::Reply(err(StatusCode::BAD_REQUEST, "Bad Request"));
         }
         if !body.is_object() {
-            return err(
+            return Step::Reply(err(
                 StatusCode::BAD_REQUEST,
                 "Error deserializing JSON: expected an object",
-            );
+            ));
         }
     }
+    match endpoint {
+        "vm.send-migration" => send_step(st, body),
+        "vm.receive-migration" => receive_step(st, body),
+        _ => Step::Reply(vm_route(shared, st, endpoint, body)),
+    }
+}
+
+/// The endpoints answered at once.
+fn vm_route(shared: &Arc<Shared>, st: &mut State, endpoint: &str, body: &Value) -> Reply {
     let created = st.config.is_some();
     match endpoint {
         "vmm.ping" => (
@@ -643,53 +747,265 @@ fn route(
             }
             ok()
         }
-        "vm.send-migration" => {
-            let Some(url) = body.get("destination_url").and_then(Value::as_str) else {
-                return err(
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request: missing destination_url",
-                );
-            };
-            if !created {
-                return err(StatusCode::NOT_FOUND, "The VM is not created");
-            }
-            if st.phase != FakeVmPhase::Running {
-                return err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Error sending migration: VM is not running",
-                );
-            }
-            let local = body.get("local").and_then(Value::as_bool).unwrap_or(false);
-            if local && !url.starts_with("unix:") {
-                return err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Error sending migration: --local option is only supported with UNIX sockets",
-                );
-            }
-            emit(st, "vm", "migration-started", None);
-            if st.migration_fails {
-                emit(st, "vm", "migration-failed", None);
-            } else {
-                emit(st, "vm", "migration-finished", None);
-                st.config = None;
-                st.phase = FakeVmPhase::NotCreated;
-                exit_vmm(shared, st);
-            }
-            ok()
-        }
-        "vm.receive-migration" => {
-            if body.get("receiver_url").and_then(Value::as_str).is_none() {
-                return err(StatusCode::BAD_REQUEST, "Bad Request: missing receiver_url");
-            }
-            emit(st, "vm", "migration-receive-ready", None);
-            emit(st, "vm", "migration-receive-started", None);
-            st.config = Some(st.incoming_config.clone());
-            st.phase = FakeVmPhase::Running;
-            emit(st, "vm", "migration-receive-finished", None);
-            ok()
-        }
         _ => err(StatusCode::NOT_FOUND, "Not Found"),
     }
+}
+
+/// Where a migration goes or comes from: cloud-hypervisor's `unix:PATH` or
+/// `tcp:HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> Result<Endpoint, String> {
+        if let Some(address) = url.strip_prefix("tcp:") {
+            return Ok(Endpoint::Tcp(address.to_owned()));
+        }
+        match url.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => Ok(Endpoint::Unix(PathBuf::from(path))),
+            _ => Err(format!("Could not extract path from URL: {url}")),
+        }
+    }
+}
+
+/// A migration connection, either kind.
+trait Wire: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Wire for T {}
+
+/// The most a migrated config may take (one JSON line).
+const MAX_MIGRATED: u64 = 16 << 20;
+
+/// What the source sends: one JSON line `{"config": <VmConfig>}`; the destination
+/// answers one line, `ok` once the VM runs there, `error` when it aborts.
+fn migration_line(config: &Value) -> Vec<u8> {
+    let mut line = json!({ "config": config }).to_string().into_bytes();
+    line.push(b'\n');
+    line
+}
+
+fn send_step(st: &mut State, body: &Value) -> Step {
+    let Some(url) = body.get("destination_url").and_then(Value::as_str) else {
+        return Step::Reply(err(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: missing destination_url",
+        ));
+    };
+    let Some(config) = st.config.clone() else {
+        return Step::Reply(err(StatusCode::NOT_FOUND, "The VM is not created"));
+    };
+    if st.phase != FakeVmPhase::Running {
+        return Step::Reply(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error sending migration: VM is not running",
+        ));
+    }
+    let local = body.get("local").and_then(Value::as_bool).unwrap_or(false);
+    if local && !url.starts_with("unix:") {
+        return Step::Reply(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error sending migration: --local option is only supported with UNIX sockets",
+        ));
+    }
+    let to = match Endpoint::parse(url) {
+        Ok(to) => to,
+        Err(e) => {
+            return Step::Reply(err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Error sending migration: {e}"),
+            ))
+        }
+    };
+    emit(st, "vm", "migration-started", None);
+    if st.migration_fails {
+        emit(st, "vm", "migration-failed", None);
+        return Step::Reply(ok());
+    }
+    Step::Send { to, config }
+}
+
+/// Sends the VM to `to`; the VMM exits once the destination runs it, the VM keeps
+/// running here when the migration fails.
+async fn send_migration(shared: &Arc<Shared>, to: &Endpoint, config: &Value) -> Reply {
+    let sent = transfer_out(to, config).await;
+    let mut st = shared.lock();
+    match sent {
+        Ok(()) => {
+            emit(&st, "vm", "migration-finished", None);
+            st.config = None;
+            st.phase = FakeVmPhase::NotCreated;
+            exit_vmm(shared, &mut st);
+            ok()
+        }
+        Err(e) => {
+            emit(&st, "vm", "migration-failed", None);
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Error sending migration: {e}"),
+            )
+        }
+    }
+}
+
+async fn transfer_out(to: &Endpoint, config: &Value) -> Result<(), String> {
+    let mut wire: Box<dyn Wire> = match to {
+        Endpoint::Unix(path) => Box::new(
+            UnixStream::connect(path)
+                .await
+                .map_err(|e| format!("Error connecting to UNIX socket: {e}"))?,
+        ),
+        Endpoint::Tcp(address) => Box::new(
+            TcpStream::connect(address.as_str())
+                .await
+                .map_err(|e| format!("Error connecting to TCP socket: {e}"))?,
+        ),
+    };
+    wire.write_all(&migration_line(config))
+        .await
+        .map_err(|e| format!("Error sending the VM config: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(wire.take(64))
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| format!("Error completing migration: {e}"))?;
+    match answer.trim() {
+        "ok" => Ok(()),
+        "" => Err("Error completing migration: the destination closed the connection".into()),
+        other => Err(format!(
+            "Error completing migration: the destination answered {other:?}"
+        )),
+    }
+}
+
+fn receive_step(st: &mut State, body: &Value) -> Step {
+    let Some(url) = body.get("receiver_url").and_then(Value::as_str) else {
+        return Step::Reply(err(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: missing receiver_url",
+        ));
+    };
+    if st.config.is_some() {
+        return Step::Reply(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error receiving migration: Can't receive a migration when a VM is already created",
+        ));
+    }
+    match Endpoint::parse(url) {
+        Ok(from) => Step::Receive { from },
+        Err(e) => Step::Reply(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Error starting migration receiver: {e}"),
+        )),
+    }
+}
+
+/// Listens on `from` (event `migration-receive-ready`) and answers only once a
+/// migration came in and the VM runs, or it failed.
+async fn receive_migration(shared: &Arc<Shared>, from: &Endpoint) -> Reply {
+    let failed = |message: String| err(StatusCode::INTERNAL_SERVER_ERROR, message);
+    let accepted: std::io::Result<Box<dyn Wire>> = match from {
+        Endpoint::Unix(path) => {
+            // Like cloud-hypervisor: a file in the way is an error, the socket
+            // goes once the source connected.
+            let listener = match UnixListener::bind(path) {
+                Ok(l) => l,
+                Err(e) => {
+                    return failed(format!(
+                        "Error starting migration receiver: Error binding to UNIX socket: {e}"
+                    ))
+                }
+            };
+            emit(&shared.lock(), "vm", "migration-receive-ready", None);
+            let conn = listener.accept().await;
+            let _ = std::fs::remove_file(path);
+            conn.map(|(s, _)| Box::new(s) as Box<dyn Wire>)
+        }
+        Endpoint::Tcp(address) => {
+            let listener = match TcpListener::bind(address.as_str()).await {
+                Ok(l) => l,
+                Err(e) => {
+                    return failed(format!(
+                        "Error starting migration receiver: Error binding to TCP socket: {e}"
+                    ))
+                }
+            };
+            emit(&shared.lock(), "vm", "migration-receive-ready", None);
+            listener
+                .accept()
+                .await
+                .map(|(s, _)| Box::new(s) as Box<dyn Wire>)
+        }
+    };
+    let wire = match accepted {
+        Ok(w) => w,
+        Err(e) => return failed(format!("Error receiving migration: accept: {e}")),
+    };
+    let fault = {
+        let st = shared.lock();
+        emit(&st, "vm", "migration-receive-started", None);
+        st.receive_fault
+    };
+    let mut reader = BufReader::new(wire);
+    let mut line = String::new();
+    let read = (&mut reader).take(MAX_MIGRATED).read_line(&mut line).await;
+    let config = match read {
+        Ok(0) => Err("the source closed the connection".to_owned()),
+        Ok(_) => serde_json::from_str::<Value>(&line)
+            .map_err(|e| format!("not a migration: {e}"))
+            .and_then(|v| {
+                v.get("config")
+                    .cloned()
+                    .ok_or_else(|| "no config".to_owned())
+            })
+            .and_then(|c| validate_config(&c).map(|()| c)),
+        Err(e) => Err(e.to_string()),
+    };
+    let config = match (config, fault) {
+        (_, Some(ReceiveFault::Crash)) => {
+            // Dies with the config read, the source waiting for the answer.
+            drop(reader);
+            crash(shared);
+            // A dead VMM answers nothing.
+            return std::future::pending().await;
+        }
+        (Ok(_), Some(ReceiveFault::Refuse)) => Err("refused (fault injected)".to_owned()),
+        (c, _) => c,
+    };
+    match config {
+        Ok(config) => {
+            {
+                let mut st = shared.lock();
+                st.config = Some(config);
+                st.phase = FakeVmPhase::Running;
+            }
+            // The source hears `ok` once the VM runs here.
+            let _ = reader.write_all(b"ok\n").await;
+            emit(&shared.lock(), "vm", "migration-receive-finished", None);
+            if fault == Some(ReceiveFault::CrashAfter) {
+                drop(reader);
+                crash(shared);
+                return std::future::pending().await;
+            }
+            ok()
+        }
+        Err(why) => {
+            let _ = reader.write_all(b"error\n").await;
+            emit(&shared.lock(), "vm", "migration-receive-failed", None);
+            failed(format!(
+                "Error receiving migration: Migration was aborted: {why}"
+            ))
+        }
+    }
+}
+
+/// The VMM dies: it exits without a word ([`ReceiveFault::Crash`]).
+fn crash(shared: &Shared) {
+    let mut st = shared.lock();
+    st.crashed = true;
+    exit_vmm(shared, &mut st);
 }
 
 fn schedule_removal(shared: &Arc<Shared>, id: String, delay: Duration) {

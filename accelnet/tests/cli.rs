@@ -179,7 +179,9 @@ impl ControlHandler for FakeSwitch {
             | Request::PortSet { .. }
             | Request::PortDel { .. }
             | Request::Announce { .. }
-            | Request::Hold { .. } => Response::Error {
+            | Request::Hold { .. }
+            | Request::HoldTake { .. }
+            | Request::Inject { .. } => Response::Error {
                 message: "fdb is busy".into(),
             },
             Request::Stats {} => Response::Stats {

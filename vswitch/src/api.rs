@@ -42,11 +42,19 @@ pub enum Request {
     /// the port's allowed MACs is pinned there already; a MAC another port's
     /// `allowed_macs` pins is refused). Used when a VM's traffic moves from its
     /// direct path (VF) to the switch.
+    ///
+    /// `on_attach: true` defers it to the moment the port's receive rings start:
+    /// on a live migration's destination that is when QEMU resumes the VM (vhost
+    /// 0.18 has no `VHOST_USER_SEND_RARP`, which QEMU would send then). If they run
+    /// already, it is sent at once; the answer says `pending` otherwise.
     Announce {
         /// VM port name.
         port: String,
         /// The VM's MAC.
         mac: MacAddr,
+        /// Wait for the port's receive rings to start.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        on_attach: bool,
     },
     /// Hold, or release, the frames the switch would write into VM port `port`'s
     /// receive rings. Used while the guest's `net_failover` still has the VF as its
@@ -63,6 +71,13 @@ pub enum Request {
     /// the port's VLAN where the uplink needs it): used when the guest moves onto
     /// its VF, whose MAC the embedded switch now owns, so what was held for the
     /// standby reaches the guest over the primary (a NIC loops PF→VF frames back).
+    ///
+    /// `hold: true, on_stop: true` only arms it: the hold starts by itself (for
+    /// `max_ms` from then) when a frame for the guest finds its receive rings
+    /// stopped, i.e. when the VMM pauses the VM for a live migration's switch-over;
+    /// those frames are then taken with [`Request::HoldTake`] and delivered at the
+    /// destination with [`Request::Inject`] instead of being dropped. A release or
+    /// a plain hold disarms it.
     Hold {
         /// VM port name.
         port: String,
@@ -74,7 +89,41 @@ pub enum Request {
         /// With `hold: false`: the uplink to release the held frames out of.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         via: Option<String>,
+        /// With `hold: true`: arm it to start when the guest's receive rings stop.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        on_stop: bool,
     },
+    /// Take frames held for VM port `port` out of the switch (oldest first, up to
+    /// `max_bytes` of frame data, at least one frame), to be delivered elsewhere.
+    /// The hold ends once nothing is left. Answered with [`Response::HeldFrames`].
+    HoldTake {
+        /// VM port name.
+        port: String,
+        /// Most frame bytes in the answer (default 256 KiB).
+        #[serde(default)]
+        max_bytes: Option<usize>,
+    },
+    /// Deliver frames to VM port `port`'s guest, in order, behind any frames the
+    /// port holds: what another switch held for this VM during its migration.
+    /// Answered with [`Response::Injected`].
+    Inject {
+        /// VM port name.
+        port: String,
+        /// The frames, as [`Response::HeldFrames`] gave them.
+        frames: Vec<WireFrame>,
+    },
+}
+
+/// A frame in the control protocol: its bytes in hex and, if it still needs
+/// checksum or segmentation work, the virtio-net header describing it (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireFrame {
+    /// The Ethernet frame, hex.
+    pub frame: String,
+    /// The 12-byte virtio-net header of its pending offload, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnet: Option<String>,
 }
 
 /// The answer to a [`Request`].
@@ -119,6 +168,9 @@ pub enum Response {
         mac: MacAddr,
         /// Uplinks the RARP went out of.
         uplinks: Vec<String>,
+        /// Deferred (`on_attach`) until the port's receive rings start.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pending: bool,
     },
     /// Answer to [`Request::Hold`].
     ///
@@ -137,6 +189,26 @@ pub enum Response {
         /// Of those, frames sent out of the `via` uplink instead of to the guest.
         #[serde(default)]
         redirected: u64,
+    },
+    /// Answer to [`Request::HoldTake`].
+    HeldFrames {
+        /// VM port name.
+        port: String,
+        /// The frames taken, oldest first.
+        frames: Vec<WireFrame>,
+        /// More frames are held (take again).
+        more: bool,
+        /// Frames held since the hold started.
+        held: u64,
+    },
+    /// Answer to [`Request::Inject`].
+    Injected {
+        /// VM port name.
+        port: String,
+        /// Frames queued for the guest.
+        queued: u64,
+        /// Frames that did not fit the port's queue (counted as `hold_overflow`).
+        dropped: u64,
     },
     /// The request could not be served.
     Error {
@@ -367,6 +439,7 @@ mod tests {
                 hold: true,
                 max_ms: None,
                 via: None,
+                on_stop: false,
             }
         );
         assert_eq!(
@@ -379,6 +452,40 @@ mod tests {
                 hold: true,
                 max_ms: Some(200),
                 via: None,
+                on_stop: false,
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                r#"{"request":"hold","port":"vm1","hold":true,"max_ms":9000,"on_stop":true}"#
+            )
+            .unwrap(),
+            Request::Hold {
+                port: "vm1".into(),
+                hold: true,
+                max_ms: Some(9000),
+                via: None,
+                on_stop: true,
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"request":"hold_take","port":"vm1"}"#).unwrap(),
+            Request::HoldTake {
+                port: "vm1".into(),
+                max_bytes: None,
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                r#"{"request":"inject","port":"vm1","frames":[{"frame":"00ff","vnet":"01"}]}"#
+            )
+            .unwrap(),
+            Request::Inject {
+                port: "vm1".into(),
+                frames: vec![WireFrame {
+                    frame: "00ff".into(),
+                    vnet: Some("01".into()),
+                }],
             }
         );
         assert_eq!(
@@ -391,6 +498,7 @@ mod tests {
                 hold: false,
                 max_ms: None,
                 via: Some("pf0".into()),
+                on_stop: false,
             }
         );
         let r = Response::Held {

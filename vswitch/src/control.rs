@@ -606,7 +606,9 @@ mod tests {
                 | Request::PortSet { .. }
                 | Request::PortDel { .. }
                 | Request::Announce { .. }
-                | Request::Hold { .. } => Response::Error {
+                | Request::Hold { .. }
+                | Request::HoldTake { .. }
+                | Request::Inject { .. } => Response::Error {
                     message: "no stats here".into(),
                 },
             }

@@ -466,6 +466,7 @@ impl Forwarder {
             self.clock_ns.set(self.shared.nanos_at(t));
             let mut work = 0;
             for i in 0..self.vm_ports.len() {
+                self.announce_when_attached(&table, i, now);
                 work += self.drain_hold(&table, i, t);
                 work += self.poll_vm_port(&table, i, now);
             }
@@ -545,6 +546,29 @@ impl Forwarder {
         }
         self.waker.set_sleeping(false);
         self.waker.consume();
+    }
+
+    /// Sends the announce a [`crate::api::Request::Announce`] `on_attach` left for VM
+    /// port number `i` once its receive rings run (the destination QEMU resumed the
+    /// migrated VM and started them), if this thread owns the port. One atomic load
+    /// when nothing is pending.
+    fn announce_when_attached(&self, table: &PortTable, i: usize, now: u32) {
+        let port = &self.vm_ports[i];
+        let Some(v) = port.vhost() else { return };
+        if port.owner != self.index || !v.announce_pending.load(Ordering::Acquire) {
+            return;
+        }
+        if !v.attached.load().as_ref().is_some_and(|a| a.rx_running()) {
+            return;
+        }
+        let mac = {
+            let mut pending = v.announce_mac.lock().unwrap_or_else(|e| e.into_inner());
+            v.announce_pending.store(false, Ordering::Release);
+            pending.take()
+        };
+        if let Some(mac) = mac {
+            crate::switch::announce_out(table, port, mac, &self.shared.fdb, now);
+        }
     }
 
     /// How long (ms) this thread may sleep before a hold it owns needs it: a hold's
@@ -1089,6 +1113,20 @@ impl Forwarder {
         hint: usize,
         frames: impl Iterator<Item = (OutFrame<'a, 'm>, Egress)>,
     ) {
+        if let PortBackend::Vhost(v) = &port.backend {
+            // An armed hold starts when the guest's receive rings stopped: its VMM
+            // paused it for a migration's switch-over; the frames go to the
+            // destination afterwards instead of being dropped here.
+            if v.hold.is_armed()
+                && !v.attached.load().as_ref().is_some_and(|a| a.rx_running())
+                && v.hold.trigger(Instant::now())
+            {
+                log::info!(
+                    "port {}: receive rings stopped, holding its frames (armed hold)",
+                    port.name
+                );
+            }
+        }
         let d = match &port.backend {
             PortBackend::Vhost(v) if v.hold.is_active() => {
                 // Held (or a drain under way): queue behind what is held already.

@@ -15,7 +15,7 @@
 //! read before any lock: a port that is not holding costs one load per batch.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -175,6 +175,9 @@ impl HoldQueue {
 pub struct Hold {
     state: AtomicU8,
     queue: Mutex<HoldQueue>,
+    /// Armed to start by itself, for this many ms, the moment the guest's receive
+    /// rings stop ([`Hold::arm`]); 0: not armed.
+    armed_ms: AtomicU64,
 }
 
 impl Hold {
@@ -200,10 +203,34 @@ impl Hold {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Arms the hold: it starts by itself, lasting `ms`, when a frame for the guest
+    /// finds its receive rings stopped (the VMM paused the VM for a migration's
+    /// switch-over), instead of that frame being dropped.
+    pub fn arm(&self, ms: u64) {
+        self.armed_ms.store(ms.max(1), Ordering::SeqCst);
+    }
+
+    /// Whether the hold is armed and not started yet: the fast path's one load.
+    #[inline]
+    pub fn is_armed(&self) -> bool {
+        self.armed_ms.load(Ordering::Acquire) != 0
+    }
+
+    /// Starts an armed hold at `now` (for the ms it was armed with); returns whether
+    /// frames are to be queued now (held or drained).
+    pub fn trigger(&self, now: Instant) -> bool {
+        let ms = self.armed_ms.swap(0, Ordering::SeqCst);
+        if ms != 0 {
+            self.start(now + Duration::from_millis(ms));
+        }
+        self.is_active()
+    }
+
     /// Starts holding until `deadline`, or renews the deadline of a running hold.
     /// A new hold (from `Normal`) resets the counters; one that interrupts a drain
     /// keeps the queue and the counters. Returns the counters.
     pub fn start(&self, deadline: Instant) -> HoldCounts {
+        self.armed_ms.store(0, Ordering::SeqCst);
         let mut q = self.lock();
         if self.state() == HoldState::Normal {
             q.counts = HoldCounts::default();
@@ -220,6 +247,7 @@ impl Hold {
     /// `via`. Returns false (and changes nothing) if the port was not holding; a
     /// drain under way goes on where it was going.
     pub fn release(&self, via: Option<PortId>) -> bool {
+        self.armed_ms.store(0, Ordering::SeqCst);
         let mut q = self.lock();
         match self.state() {
             HoldState::Normal => false,
@@ -275,8 +303,66 @@ impl Hold {
         true
     }
 
+    /// Takes up to `max_bytes` of the held frames out (at least one frame if any)
+    /// to be delivered elsewhere: a migration's source hands what it held since the
+    /// switch-over to the destination. Once the queue is empty the hold ends (back
+    /// to `Normal`). Returns the frames, whether more are held, and the counters.
+    pub fn take_out(&self, max_bytes: usize) -> (Vec<HeldFrame>, bool, HoldCounts) {
+        self.armed_ms.store(0, Ordering::SeqCst);
+        let mut q = self.lock();
+        if self.state() == HoldState::Normal {
+            return (Vec::new(), false, q.counts);
+        }
+        let mut n = 0;
+        let mut bytes = 0;
+        for f in &q.frames {
+            if n > 0 && bytes + f.bytes.len() > max_bytes {
+                break;
+            }
+            bytes += f.bytes.len();
+            n += 1;
+        }
+        let out = q.take(n);
+        let more = !q.frames.is_empty();
+        if !more {
+            q.deadline = None;
+            q.stalled_since = None;
+            q.via = None;
+            q.frames = VecDeque::new();
+            self.set(HoldState::Normal);
+        }
+        (out, more, q.counts)
+    }
+
+    /// Queues `frames` for the guest and has them delivered (a drain): frames
+    /// another switch held for this VM during its migration. A running hold keeps
+    /// them behind what it holds until its release; a drain under way delivers them
+    /// after its queue. Returns how many were queued (the rest did not fit:
+    /// [`DropReason::HoldOverflow`], counted by the caller).
+    pub fn inject(&self, frames: Vec<HeldFrame>) -> usize {
+        let mut q = self.lock();
+        if self.state() == HoldState::Normal {
+            q.counts = HoldCounts::default();
+            q.via = None;
+            q.deadline = None;
+            q.stalled_since = None;
+        }
+        let mut queued = 0;
+        for f in frames {
+            let len = f.bytes.len();
+            if q.push(len, || Ok(f)).is_ok() {
+                queued += 1;
+            }
+        }
+        if self.state() == HoldState::Normal {
+            self.set(HoldState::Draining);
+        }
+        queued
+    }
+
     /// Drops everything held (the port is going away); back to `Normal`.
     pub fn discard(&self) -> u64 {
+        self.armed_ms.store(0, Ordering::SeqCst);
         let mut q = self.lock();
         let n = q.discard();
         q.deadline = None;

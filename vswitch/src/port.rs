@@ -195,6 +195,16 @@ impl Attached {
         index < 32 && self.started.load(Ordering::Relaxed) & (1 << index) != 0
     }
 
+    /// Whether a receive ring runs (started, ready and enabled): frames can go in.
+    pub fn rx_running(&self) -> bool {
+        self.pairs.iter().enumerate().any(|(q, p)| {
+            self.is_started(2 * q) && {
+                let rx = p.rx.get_ref();
+                rx.get_queue().ready() && rx.is_enabled()
+            }
+        })
+    }
+
     /// Records that vring `index` runs (a kick or an enable was seen).
     pub fn mark_started(&self, index: usize) {
         if index < 32 && !self.is_started(index) {
@@ -237,6 +247,11 @@ pub struct VhostPort {
     pub live: AtomicUsize,
     /// Frames held for the guest during a path change ([`crate::api::Request::Hold`]).
     pub hold: crate::hold::Hold,
+    /// A MAC to announce once the receive rings start ([`crate::api::Request::Announce`]
+    /// `on_attach`); the flag is the forwarding thread's one load.
+    pub announce_pending: AtomicBool,
+    /// The MAC behind `announce_pending`.
+    pub announce_mac: Mutex<Option<crate::wire::MacAddr>>,
     shutdown: AtomicBool,
     handles: Mutex<Vec<(u64, vhost_user_backend::ShutdownHandle)>>,
 }
@@ -394,6 +409,8 @@ impl VhostPort {
             connections: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             hold: crate::hold::Hold::default(),
+            announce_pending: AtomicBool::new(false),
+            announce_mac: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             handles: Mutex::new(Vec::new()),
         }

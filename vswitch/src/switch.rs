@@ -8,12 +8,14 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::api::{FdbEntryInfo, PortInfo, PortStats, Request, Response};
+use crate::api::{FdbEntryInfo, PortInfo, PortStats, Request, Response, WireFrame};
 use crate::config::{check_bursts, ConfigError, PortConfig, PortMode, SwitchConfig};
 use crate::control::{ControlError, ControlHandler, ControlServer};
 use crate::fdb::{Fdb, PortId};
+use crate::features::MAX_GSO_FRAME;
 use crate::forward::{Forwarder, PortTable, Shared};
-use crate::hold::{HoldCounts, HOLD_DEFAULT_MS, HOLD_MAX_MS};
+use crate::hold::{HeldFrame, HoldCounts, HOLD_DEFAULT_MS, HOLD_MAX_MS};
+use crate::offload::{VnetHdr, VNET_HDR_LEN};
 use crate::policy::{PolicyConfig, PortPolicy, VlanMode};
 use crate::port::{
     bind_server_socket, serve_vhost_port, Port, PortBackend, PortError, UplinkPort, VhostPort,
@@ -90,6 +92,14 @@ pub enum PortChangeError {
     /// A hold released via a port that is not one of the switch's uplinks.
     #[error("no uplink named {0}")]
     NoUplink(String),
+    /// An injected frame that is not one (bad hex, wrong length, bad offload).
+    #[error("frame {index}: {why}")]
+    BadFrame {
+        /// Its place in the request.
+        index: usize,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A multicast (or broadcast) address where a station's MAC is needed.
     #[error("{0} is a multicast address, not a VM's MAC")]
     BadMac(MacAddr),
@@ -340,10 +350,20 @@ impl State {
     }
 
     /// [`Request::Announce`]: one RARP from `mac` out of every uplink, then the FDB
-    /// entry for `mac` on the port's VLAN points at the port.
-    fn announce(&self, name: &str, mac: MacAddr) -> Result<Vec<String>, PortChangeError> {
+    /// entry for `mac` on the port's VLAN points at the port. With `on_attach` and
+    /// no receive ring running yet, it is left to the port's forwarding thread
+    /// ([`announce_out`] once the rings start); returns `(uplinks, pending)`.
+    fn announce(
+        &self,
+        name: &str,
+        mac: MacAddr,
+        on_attach: bool,
+    ) -> Result<(Vec<String>, bool), PortChangeError> {
         let table = self.shared.ports.load();
         let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()).cloned() else {
+            return Err(PortChangeError::NotFound(name.to_string()));
+        };
+        let Some(v) = port.vhost() else {
             return Err(PortChangeError::NotFound(name.to_string()));
         };
         if mac.is_multicast() {
@@ -358,37 +378,25 @@ impl State {
                 owner: self.port_name(owner),
             });
         }
-        let mut sent = Vec::new();
-        for p in table.iter() {
-            let PortBackend::Uplink(up) = &p.backend else {
-                continue;
-            };
-            // Untagged on the uplink's native VLAN, 802.1Q-tagged otherwise.
-            let tag = (port.vlan != p.vlan).then_some(port.vlan);
-            let frame = rarp_frame(mac, tag);
-            let mut sock = up.sock.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(slot) = sock.tx_slot() else {
-                log::warn!("announce {mac} for {name}: uplink {} TX ring full", p.name);
-                continue;
-            };
-            slot[..frame.len()].copy_from_slice(&frame);
-            sock.tx_commit(frame.len());
-            if let Err(e) = sock.tx_flush() {
-                log::warn!("announce {mac} for {name}: uplink {}: {e}", p.name);
-                continue;
+        if on_attach {
+            let mut pending = v.announce_mac.lock().unwrap_or_else(|e| e.into_inner());
+            let running = v.attached.load().as_ref().is_some_and(|a| a.rx_running());
+            if !running {
+                *pending = Some(mac);
+                v.announce_pending.store(true, Ordering::SeqCst);
+                drop(pending);
+                // The owner looks at the flag once per round; wake it to sleep bounded.
+                self.wake_all();
+                log::info!("port {name}: will announce {mac} once its receive rings start");
+                return Ok((Vec::new(), true));
             }
-            sent.push(p.name.clone());
+            *pending = None;
+            v.announce_pending.store(false, Ordering::SeqCst);
         }
-        // One of the port's allowed MACs has its static entry there already.
-        if fdb.static_owner(port.vlan, mac) != Some(port.id) {
-            fdb.learn(port.vlan, mac, port.id, self.shared.now_secs());
-        }
-        log::info!(
-            "port {name}: announced {mac} on VLAN {} out of {:?}",
-            port.vlan,
-            sent
-        );
-        Ok(sent)
+        Ok((
+            announce_out(&table, &port, mac, fdb, self.shared.now_secs()),
+            false,
+        ))
     }
 
     /// [`Request::Hold`]: start, renew or release the hold of VM port `name`.
@@ -400,6 +408,7 @@ impl State {
         hold: bool,
         max_ms: Option<u64>,
         via: Option<&str>,
+        on_stop: bool,
     ) -> Result<(bool, HoldCounts), PortChangeError> {
         let table = self.shared.ports.load_full();
         let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()) else {
@@ -408,6 +417,12 @@ impl State {
         let Some(v) = port.vhost() else {
             return Err(PortChangeError::NotFound(name.to_string()));
         };
+        if hold && on_stop {
+            let ms = max_ms.unwrap_or(HOLD_DEFAULT_MS).min(HOLD_MAX_MS);
+            v.hold.arm(ms);
+            log::info!("port {name}: hold armed: it starts when the receive rings stop ({ms} ms)");
+            return Ok((v.hold.is_active(), v.hold.counts()));
+        }
         if hold {
             let ms = max_ms.unwrap_or(HOLD_DEFAULT_MS).min(HOLD_MAX_MS);
             let counts = v
@@ -434,6 +449,63 @@ impl State {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         Ok((v.hold.is_active(), v.hold.counts()))
+    }
+
+    /// [`Request::HoldTake`]: frames held for VM port `name`, up to `max_bytes`.
+    fn hold_take(
+        &self,
+        name: &str,
+        max_bytes: usize,
+    ) -> Result<(Vec<WireFrame>, bool, HoldCounts), PortChangeError> {
+        let table = self.shared.ports.load();
+        let Some(v) = table.by_name(name).and_then(|p| p.vhost()) else {
+            return Err(PortChangeError::NotFound(name.to_string()));
+        };
+        let (frames, more, counts) = v.hold.take_out(max_bytes);
+        if !frames.is_empty() {
+            log::info!(
+                "port {name}: {} held frame(s) taken out{}",
+                frames.len(),
+                if more { ", more held" } else { "; hold ended" }
+            );
+        }
+        let frames = frames
+            .into_iter()
+            .map(|f| WireFrame {
+                frame: hex::encode(&f.bytes),
+                vnet: f.offload.map(|h| hex::encode(h.to_bytes())),
+            })
+            .collect();
+        Ok((frames, more, counts))
+    }
+
+    /// [`Request::Inject`]: checks every frame, then queues them for VM port
+    /// `name`'s guest; returns `(queued, dropped)`.
+    fn inject(&self, name: &str, frames: &[WireFrame]) -> Result<(u64, u64), PortChangeError> {
+        let table = self.shared.ports.load();
+        let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()) else {
+            return Err(PortChangeError::NotFound(name.to_string()));
+        };
+        let Some(v) = port.vhost() else {
+            return Err(PortChangeError::NotFound(name.to_string()));
+        };
+        let held = frames
+            .iter()
+            .enumerate()
+            .map(|(index, w)| {
+                decode_frame(w).map_err(|why| PortChangeError::BadFrame { index, why })
+            })
+            .collect::<Result<Vec<HeldFrame>, _>>()?;
+        let total = held.len() as u64;
+        let queued = v.hold.inject(held) as u64;
+        let dropped = total - queued;
+        port.counters
+            .drop(crate::api::DropReason::HoldOverflow, dropped);
+        self.wake_all();
+        log::info!(
+            "port {name}: {queued} injected frame(s) queued for the guest, {dropped} dropped"
+        );
+        Ok((queued, dropped))
     }
 
     fn wake_all(&self) {
@@ -487,12 +559,36 @@ impl ControlHandler for State {
                     message: error_chain(&e),
                 },
             },
+            Request::HoldTake { port, max_bytes } => {
+                match self.hold_take(port, max_bytes.unwrap_or(HOLD_TAKE_DEFAULT_BYTES)) {
+                    Ok((frames, more, c)) => Response::HeldFrames {
+                        port: port.clone(),
+                        frames,
+                        more,
+                        held: c.held,
+                    },
+                    Err(e) => Response::Error {
+                        message: error_chain(&e),
+                    },
+                }
+            }
+            Request::Inject { port, frames } => match self.inject(port, frames) {
+                Ok((queued, dropped)) => Response::Injected {
+                    port: port.clone(),
+                    queued,
+                    dropped,
+                },
+                Err(e) => Response::Error {
+                    message: error_chain(&e),
+                },
+            },
             Request::Hold {
                 port,
                 hold,
                 max_ms,
                 via,
-            } => match self.hold(port, *hold, *max_ms, via.as_deref()) {
+                on_stop,
+            } => match self.hold(port, *hold, *max_ms, via.as_deref(), *on_stop) {
                 Ok((holding, c)) => Response::Held {
                     port: port.clone(),
                     holding,
@@ -504,11 +600,16 @@ impl ControlHandler for State {
                     message: error_chain(&e),
                 },
             },
-            Request::Announce { port, mac } => match self.announce(port, *mac) {
-                Ok(uplinks) => Response::Announced {
+            Request::Announce {
+                port,
+                mac,
+                on_attach,
+            } => match self.announce(port, *mac, *on_attach) {
+                Ok((uplinks, pending)) => Response::Announced {
                     port: port.clone(),
                     mac: *mac,
                     uplinks,
+                    pending,
                 },
                 Err(e) => Response::Error {
                     message: error_chain(&e),
@@ -516,6 +617,78 @@ impl ControlHandler for State {
             },
         }
     }
+}
+
+/// How much frame data a [`Request::HoldTake`] answer carries unless it says.
+pub const HOLD_TAKE_DEFAULT_BYTES: usize = 256 * 1024;
+
+/// A frame of the control protocol, checked: a whole Ethernet frame of at most
+/// [`MAX_GSO_FRAME`] bytes, and an offload header that fits it.
+fn decode_frame(w: &WireFrame) -> Result<HeldFrame, String> {
+    let bytes = hex::decode(&w.frame).map_err(|e| format!("frame bytes: {e}"))?;
+    if bytes.len() < crate::wire::ETH_HLEN || bytes.len() > MAX_GSO_FRAME {
+        return Err(format!(
+            "{} bytes: a frame has {} to {MAX_GSO_FRAME}",
+            bytes.len(),
+            crate::wire::ETH_HLEN
+        ));
+    }
+    let offload = match &w.vnet {
+        None => None,
+        Some(h) => {
+            let raw = hex::decode(h).map_err(|e| format!("vnet header: {e}"))?;
+            let raw: [u8; VNET_HDR_LEN] = raw.try_into().map_err(|r: Vec<u8>| {
+                format!("vnet header of {} bytes, not {VNET_HDR_LEN}", r.len())
+            })?;
+            let hdr = VnetHdr::from_bytes(&raw);
+            crate::offload::validate(&hdr, &bytes).map_err(|e| format!("vnet header: {e}"))?;
+            hdr.has_offload().then_some(hdr)
+        }
+    };
+    Ok(HeldFrame { bytes, offload })
+}
+
+/// One RARP from `mac` out of every uplink (untagged on the uplink's native VLAN,
+/// 802.1Q-tagged with the port's otherwise), then the FDB entry for `mac` on the
+/// port's VLAN points at `port`. Returns the uplinks it went out of.
+pub(crate) fn announce_out(
+    table: &PortTable,
+    port: &Port,
+    mac: MacAddr,
+    fdb: &Fdb,
+    now_secs: u32,
+) -> Vec<String> {
+    let name = &port.name;
+    let mut sent = Vec::new();
+    for p in table.iter() {
+        let PortBackend::Uplink(up) = &p.backend else {
+            continue;
+        };
+        let tag = (port.vlan != p.vlan).then_some(port.vlan);
+        let frame = rarp_frame(mac, tag);
+        let mut sock = up.sock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = sock.tx_slot() else {
+            log::warn!("announce {mac} for {name}: uplink {} TX ring full", p.name);
+            continue;
+        };
+        slot[..frame.len()].copy_from_slice(&frame);
+        sock.tx_commit(frame.len());
+        if let Err(e) = sock.tx_flush() {
+            log::warn!("announce {mac} for {name}: uplink {}: {e}", p.name);
+            continue;
+        }
+        sent.push(p.name.clone());
+    }
+    // One of the port's allowed MACs has its static entry there already.
+    if fdb.static_owner(port.vlan, mac) != Some(port.id) {
+        fdb.learn(port.vlan, mac, port.id, now_secs);
+    }
+    log::info!(
+        "port {name}: announced {mac} on VLAN {} out of {:?}",
+        port.vlan,
+        sent
+    );
+    sent
 }
 
 /// A RARP request announcing `mac` (what QEMU's `qemu_announce_self` sends): to
@@ -930,6 +1103,7 @@ mod tests {
         sw.handle(&Request::Announce {
             port: "vm1".into(),
             mac: M1,
+            on_attach: false,
         });
         assert_eq!(statics(&sw), vec![(1, M1, "vm1".to_string())]);
         sw.remove_port("vm1")
@@ -975,6 +1149,7 @@ mod tests {
         let r = sw.handle(&Request::Announce {
             port: "vm3".into(),
             mac: M1,
+            on_attach: true,
         });
         assert!(
             matches!(&r, Response::Error { message } if message.contains("belongs to port vm1")),

@@ -1666,6 +1666,7 @@ fn hold_req(ts: &TestSwitch, port: &str, hold: bool, max_ms: Option<u64>) -> (bo
         hold,
         max_ms,
         via: None,
+        on_stop: false,
     }) {
         Response::Held {
             port: p,
@@ -1825,6 +1826,7 @@ fn switch_hold_refuses_unknown_ports_and_discards_on_removal() {
         hold: true,
         max_ms: None,
         via: None,
+        on_stop: false,
     });
     assert!(
         matches!(&r, Response::Error { message } if message.contains("no VM port named nope")),
@@ -1839,6 +1841,7 @@ fn switch_hold_refuses_unknown_ports_and_discards_on_removal() {
         hold: false,
         max_ms: None,
         via: Some("a".into()),
+        on_stop: false,
     });
     assert!(
         matches!(&r, Response::Error { message } if message.contains("no uplink named a")),
@@ -1851,6 +1854,7 @@ fn switch_hold_refuses_unknown_ports_and_discards_on_removal() {
         hold: false,
         max_ms: None,
         via: None,
+        on_stop: false,
     });
     assert!(matches!(r, Response::Error { .. }), "{r:?}");
 }
@@ -1868,4 +1872,123 @@ fn switch_hold_released_without_a_frontend_counts_no_rx_buffer() {
     ts.wait_connected("b", false);
     assert_eq!(hold_req(&ts, "b", false, None), (false, 3, 0));
     assert_eq!(ts.wait_drops("b", "no_rx_buffer", 3), 3);
+}
+
+/// A hold armed `on_stop` (a live migration's source): frames are delivered while
+/// the guest's rings run; once the VMM stops them (its switch-over), frames for the
+/// guest are held instead of dropped; `hold_take` hands them out in order, in
+/// parts, and ends the hold; `inject` on another switch delivers them to the VM
+/// there, in order. Malformed injected frames are refused whole.
+#[test]
+fn switch_armed_hold_starts_when_the_rings_stop_and_its_frames_move_to_another_switch() {
+    use vswitch::api::WireFrame;
+    let (ts, mut a, mut b) = held_pair();
+    match ts.switch().handle(&Request::Hold {
+        port: "b".into(),
+        hold: true,
+        max_ms: Some(60_000),
+        via: None,
+        on_stop: true,
+    }) {
+        Response::Held { holding: false, .. } => {}
+        other => panic!("arm: {other:?}"),
+    }
+    assert_forwards(&mut a, &mut b, 0xa, 0xb, 5);
+    // The VMM pauses the guest for the switch-over: its receive ring stops.
+    b.get_vring_base(0).expect("GET_VRING_BASE of the RX ring");
+    let sent: Vec<Vec<u8>> = (0..30u32)
+        .map(|i| frame(mac(0xb), mac(0xa), 60 + i as usize * 40, 4000 + i))
+        .collect();
+    a.send_burst(&sent).unwrap();
+    assert!(a.wait_tx_all_completed(WAIT), "A's TX chains not returned");
+    assert_eq!(wait_held(&ts, "b", 30), 30, "held since the rings stopped");
+    let sb = ts.stats("b");
+    assert_eq!(total_drops(&sb), 0, "drops on b: {:?}", nonzero_drops(&sb));
+
+    let take = |max: usize| match ts.switch().handle(&Request::HoldTake {
+        port: "b".into(),
+        max_bytes: Some(max),
+    }) {
+        Response::HeldFrames {
+            frames, more, held, ..
+        } => (frames, more, held),
+        other => panic!("hold_take: {other:?}"),
+    };
+    let (mut taken, more, _) = take(1000);
+    assert!(more, "1000 bytes do not take 30 frames");
+    assert!(!taken.is_empty() && taken.len() < 30, "{}", taken.len());
+    let (rest, more, held) = take(1 << 20);
+    assert!(!more);
+    assert_eq!(held, 30);
+    taken.extend(rest);
+    let bytes: Vec<Vec<u8>> = taken
+        .iter()
+        .map(|w| {
+            assert_eq!(w.vnet, None, "no offload pending");
+            hex::decode(&w.frame).unwrap()
+        })
+        .collect();
+    assert_frames_eq(&bytes, &sent, "taken out in order");
+    // The hold ended with the last frame: nothing more to take.
+    assert_eq!(take(1 << 20).0.len(), 0);
+
+    // The destination's switch delivers them to the VM that resumed there.
+    let ts2 = start_switch(&[("b", 1)]);
+    let mut b2 = ts2.connect("b");
+    match ts2.switch().handle(&Request::Inject {
+        port: "b".into(),
+        frames: taken.clone(),
+    }) {
+        Response::Injected {
+            queued: 30,
+            dropped: 0,
+            ..
+        } => {}
+        other => panic!("inject: {other:?}"),
+    }
+    assert_frames_eq(&recv_n(&mut b2, 30, WAIT), &sent, "delivered in order");
+
+    let good = taken[0].clone();
+    for (bad, says) in [
+        (
+            WireFrame {
+                frame: "zz".into(),
+                vnet: None,
+            },
+            "frame 1: frame bytes",
+        ),
+        (
+            WireFrame {
+                frame: "00".repeat(10),
+                vnet: None,
+            },
+            "frame 1: 10 bytes",
+        ),
+        (
+            WireFrame {
+                frame: good.frame.clone(),
+                vnet: Some("00".into()),
+            },
+            "frame 1: vnet header of 1 bytes",
+        ),
+    ] {
+        match ts2.switch().handle(&Request::Inject {
+            port: "b".into(),
+            frames: vec![good.clone(), bad],
+        }) {
+            Response::Error { message } => assert!(message.contains(says), "{message}"),
+            other => panic!("bad inject: {other:?}"),
+        }
+    }
+    match ts2.switch().handle(&Request::Inject {
+        port: "nosuch".into(),
+        frames: vec![good],
+    }) {
+        Response::Error { message } => assert!(message.contains("no VM port named nosuch")),
+        other => panic!("inject to nosuch: {other:?}"),
+    }
+    assert!(
+        recv_quiet(&mut b2).is_empty(),
+        "refused frames went nowhere"
+    );
 }

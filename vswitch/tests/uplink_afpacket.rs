@@ -720,6 +720,7 @@ fn test_switch_announce_sends_rarp_out_the_uplink_and_pins_the_fdb() {
             let r = sw.handle(&Request::Announce {
                 port: port.to_string(),
                 mac,
+                on_attach: false,
             });
             assert_eq!(
                 r,
@@ -727,6 +728,7 @@ fn test_switch_announce_sends_rarp_out_the_uplink_and_pins_the_fdb() {
                     port: port.to_string(),
                     mac,
                     uplinks: vec!["a".to_string()],
+                    pending: false,
                 }
             );
             let got = rarps(1, WAIT);
@@ -754,6 +756,7 @@ fn test_switch_announce_sends_rarp_out_the_uplink_and_pins_the_fdb() {
                 Request::Announce {
                     port: "nosuch".into(),
                     mac,
+                    on_attach: false,
                 },
                 "no VM port named nosuch",
             ),
@@ -761,6 +764,7 @@ fn test_switch_announce_sends_rarp_out_the_uplink_and_pins_the_fdb() {
                 Request::Announce {
                     port: "a".into(),
                     mac,
+                    on_attach: true,
                 },
                 "no VM port named a",
             ),
@@ -768,6 +772,7 @@ fn test_switch_announce_sends_rarp_out_the_uplink_and_pins_the_fdb() {
                 Request::Announce {
                     port: "vm1".into(),
                     mac: MacAddr([0x01, 0, 0x5e, 0, 0, 1]),
+                    on_attach: true,
                 },
                 "multicast",
             ),
@@ -882,6 +887,83 @@ fn test_switch_vm_allowed_mac_stays_on_its_port_when_seen_on_the_uplink() {
     });
 }
 
+/// `announce` with `on_attach`: nothing goes out while the VM port has no running
+/// receive ring (a migration's destination before its QEMU resumes the VM); the
+/// RARP leaves the moment a frontend starts the rings, and the FDB points at the
+/// port. Once they run, an `on_attach` announce goes out at once.
+#[cfg(feature = "test-utils")]
+#[test]
+fn test_switch_announce_on_attach_waits_for_the_rings_to_start() {
+    use vswitch::test_utils::TestSwitch;
+    use vswitch::{MacAddr, PortConfig, Request, Response, SwitchConfig};
+
+    let ns = Netns::new();
+    ns.run(|| {
+        let peer = RawSock::open("b");
+        let ts = TestSwitch::start("annattach", |dir| SwitchConfig {
+            ports: vec![PortConfig::new(dir.join("vm.sock"))],
+            uplinks: vec![UplinkConfig::new("a", 1)],
+            ..SwitchConfig::default()
+        });
+        let mac = MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
+        let rarps = |want: usize, wait: Duration| {
+            let deadline = Instant::now() + wait;
+            let mut got = 0;
+            while got < want && Instant::now() < deadline {
+                if let Some((f, _)) = peer.recv() {
+                    if f.len() >= 14 && f[12..14] == [0x80, 0x35] && f[6..12] == mac.0 {
+                        got += 1;
+                    }
+                }
+            }
+            got
+        };
+        let announce = || {
+            ts.switch().handle(&Request::Announce {
+                port: "vm".into(),
+                mac,
+                on_attach: true,
+            })
+        };
+        assert_eq!(
+            announce(),
+            Response::Announced {
+                port: "vm".into(),
+                mac,
+                uplinks: vec![],
+                pending: true,
+            }
+        );
+        assert_eq!(rarps(1, QUIET), 0, "no RARP before the rings start");
+        let fdb_port = || {
+            let Response::Fdb { entries } = ts.switch().handle(&Request::Fdb {}) else {
+                panic!("fdb");
+            };
+            entries
+                .iter()
+                .find(|e| e.mac == mac)
+                .map(|e| e.port.clone())
+        };
+        assert_eq!(fdb_port(), None);
+
+        let _vm = ts.connect("vm");
+        assert_eq!(rarps(1, WAIT), 1, "one RARP once the rings started");
+        assert_eq!(fdb_port().as_deref(), Some("vm"));
+        assert_eq!(rarps(1, QUIET), 0, "and only one");
+
+        assert_eq!(
+            announce(),
+            Response::Announced {
+                port: "vm".into(),
+                mac,
+                uplinks: vec!["a".into()],
+                pending: false,
+            }
+        );
+        assert_eq!(rarps(1, WAIT), 1, "at once while the rings run");
+    });
+}
+
 /// A hold released via the uplink: what the switch held for VM port `vm` (on
 /// VLAN 5) leaves through the uplink, in arrival order and tagged for VLAN 5, as
 /// the guest's VF gets it from the embedded switch once the VF owns the MAC; the
@@ -910,6 +992,7 @@ fn test_switch_hold_released_via_the_uplink_sends_the_held_frames_out_of_it() {
                 hold,
                 max_ms: Some(60_000),
                 via: via.map(Into::into),
+                on_stop: false,
             })
         };
         assert!(matches!(

@@ -36,6 +36,9 @@ struct AnnounceArgs {
     /// The VM's MAC.
     #[arg(long, value_name = "MAC")]
     mac: MacAddr,
+    /// Send it once the port's receive rings start (a migrated VM resumed), not now.
+    #[arg(long)]
+    on_attach: bool,
     /// Control socket of the running switch.
     #[arg(long, value_name = "PATH")]
     control: PathBuf,
@@ -198,9 +201,18 @@ pub fn run(args: PortArgs) -> anyhow::Result<()> {
             let req = Request::Announce {
                 port: a.name.clone(),
                 mac: a.mac,
+                on_attach: a.on_attach,
             };
             match vswitch::control::request(&a.control, &req)? {
-                Response::Announced { port, mac, uplinks } => {
+                Response::Announced {
+                    port, mac, pending, ..
+                } if pending => {
+                    eprintln!("port {port}: {mac} will be announced once its rings start");
+                    Ok(())
+                }
+                Response::Announced {
+                    port, mac, uplinks, ..
+                } => {
                     eprintln!(
                         "port {port}: announced {mac} out of {}",
                         if uplinks.is_empty() {

@@ -89,6 +89,8 @@ fn response_kind(resp: &Response) -> &'static str {
         Response::PortUpdated { .. } => "port_updated",
         Response::Announced { .. } => "announced",
         Response::Held { .. } => "held",
+        Response::HeldFrames { .. } => "held_frames",
+        Response::Injected { .. } => "injected",
         Response::Error { .. } => "error",
     }
 }

@@ -359,6 +359,14 @@ async fn admit(
         }),
     };
     let rec = launch_record(store, &cfg.paths, &args).await?;
+    // The wire should learn the VM's new place the moment its VMM resumes it here
+    // (its receive rings start then), not once the source reports completion: the
+    // frames in between go to the paused source. The orchestrator's own announce
+    // after completion stays as the fallback.
+    match super::path::announce(&rec, true) {
+        Ok(_) => log::info!("VM {}: announce armed for its resume here", vm.name),
+        Err(e) => log::warn!("VM {}: cannot arm the announce on resume: {e:#}", vm.name),
+    }
     Ok(AgentResponse::Admitted {
         uri,
         direct: describe_direct(&rec),

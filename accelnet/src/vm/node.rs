@@ -369,7 +369,7 @@ impl LocalNode {
                 Ok(NodeAnswer::Released { frames })
             }
             NodeOp::Announce => {
-                path::announce(&rec).map_err(|e| op_error(OpErrorKind::Unavailable, &e))?;
+                path::announce(&rec, false).map_err(|e| op_error(OpErrorKind::Unavailable, &e))?;
                 Ok(NodeAnswer::Done)
             }
             NodeOp::RemovePort => {

@@ -255,6 +255,7 @@ pub(super) fn switch_hold(
         // The switch ends the hold by itself if accelnet dies in between.
         max_ms: on.then(|| u64::try_from(within.as_millis()).unwrap_or(u64::MAX) + 2000),
         via: via.map(str::to_string),
+        on_stop: false,
     };
     match switch_request(&rec.switch_control, &req)? {
         Response::Held {
@@ -278,14 +279,17 @@ fn hold(rec: &VmRecord, on: bool, within: Duration, via: Option<&str>) -> Option
         .ok()
 }
 
-/// Has the switch announce the VM's MAC out of its uplinks; returns them.
-pub(super) fn announce(rec: &VmRecord) -> anyhow::Result<Vec<String>> {
+/// Has the switch announce the VM's MAC out of its uplinks; returns them. With
+/// `on_attach`, once the port's receive rings start (a migrated VM resumed); the
+/// list is empty while that is pending.
+pub(super) fn announce(rec: &VmRecord, on_attach: bool) -> anyhow::Result<Vec<String>> {
     let mac: MacAddr = rec.spec.nic.mac.parse()?;
     match switch_request(
         &rec.switch_control,
         &Request::Announce {
             port: rec.port.clone(),
             mac: vswitch::MacAddr(mac.0),
+            on_attach,
         },
     )? {
         Response::Announced { uplinks, .. } => Ok(uplinks),
@@ -550,7 +554,7 @@ async fn finish_disable(
     change.held = hold(rec, false, Duration::ZERO, None).map(|(held, _)| held);
     pinned?;
     change.pinned_ms = Some(ms_since(t0));
-    match announce(rec) {
+    match announce(rec, false) {
         Ok(uplinks) => change.announced = uplinks,
         Err(e) => change
             .notes

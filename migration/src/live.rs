@@ -471,7 +471,47 @@ pub trait SwitchOps: Send + Sync {
 
     /// Removes the VM's port.
     async fn remove_port(&self, vm: &VmNet) -> Result<(), OpError>;
+
+    /// Source: arms the VM's port to hold the frames for it from the moment its
+    /// VMM stops it at the switch-over (they would be dropped there), for at most
+    /// `max`. Ended by [`SwitchOps::take_held`] or [`SwitchOps::release_hold`].
+    async fn hold_on_stop(&self, vm: &VmNet, max: Duration) -> Result<(), OpError>;
+
+    /// Source: takes a part of the frames held for the VM out, oldest first; the
+    /// hold ends once nothing is left.
+    async fn take_held(&self, vm: &VmNet) -> Result<HeldPart, OpError>;
+
+    /// Destination: delivers frames the source held for the VM to it, in order;
+    /// returns how many were queued.
+    async fn inject(&self, vm: &VmNet, frames: &[CarriedFrame]) -> Result<u64, OpError>;
 }
+
+/// A frame a switch held for the VM, carried to the destination's switch. The
+/// orchestrator does not look inside: the switches' own encoding (hex bytes, and
+/// the virtio-net header of an offload still to do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedFrame {
+    /// The frame.
+    pub frame: String,
+    /// Its pending offload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnet: Option<String>,
+}
+
+/// A part of the frames a switch held, as [`SwitchOps::take_held`] takes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPart {
+    /// The frames, oldest first.
+    pub frames: Vec<CarriedFrame>,
+    /// More are held.
+    pub more: bool,
+}
+
+/// Most parts [`SwitchOps::take_held`] is asked for in one migration (a switch
+/// holds at most 16 MiB; a part is up to 256 KiB).
+const MAX_HELD_PARTS: usize = 128;
+/// How long the source's armed hold may last once the switch-over started it.
+const SWITCHOVER_HOLD: Duration = Duration::from_secs(30);
 
 /// One host as the orchestrator sees it.
 #[derive(Clone, Copy)]
@@ -777,6 +817,10 @@ pub struct MigrationReport {
     pub last_progress: Option<MigrationProgress>,
     /// Duration of the whole operation, in milliseconds.
     pub total_ms: u64,
+    /// Frames the source's switch held for the VM from the switch-over until the
+    /// destination announced it, delivered at the destination.
+    #[serde(default)]
+    pub forwarded_frames: u64,
     /// What went wrong without stopping the migration.
     pub warnings: Vec<String>,
     /// Where the VM runs now.
@@ -883,6 +927,7 @@ struct Done {
     /// (the unplug failed).
     src_unplugged: Option<bool>,
     src_needs_resume: bool,
+    forwarded: u64,
     stats: Option<MigrationStats>,
     last_progress: Option<MigrationProgress>,
 }
@@ -1039,6 +1084,12 @@ impl<'m, 'a> Run<'m, 'a> {
                 StepOutcome::Warning
             }
         };
+        let forwarded = self.forward_held().await;
+        let outcome = if forwarded == StepOutcome::Warning {
+            forwarded
+        } else {
+            outcome
+        };
         self.end(Step::Announce, started, outcome);
 
         let started = self.begin(Step::Plug);
@@ -1166,6 +1217,15 @@ impl<'m, 'a> Run<'m, 'a> {
             events(&Event::Progress(p.clone()));
         };
         let mut cancel_note = None;
+        // Frames reaching the source between its VMM stopping the VM and the
+        // destination's announce are kept and delivered at the destination.
+        match s.switch.hold_on_stop(vm, SWITCHOVER_HOLD).await {
+            Ok(()) => self.done.src_held = true,
+            Err(e) => self.warn(format!(
+                "could not arm the source switch's hold for the switch-over on {}: {e}; frames reaching it meanwhile are lost",
+                s.name
+            )),
+        }
         let res = {
             let fut = s.vmm.migrate(vm, &ep, &progress);
             tokio::pin!(fut);
@@ -1336,6 +1396,50 @@ impl<'m, 'a> Run<'m, 'a> {
         }
     }
 
+    /// Moves what the source's switch held since the switch-over to the
+    /// destination's (part of the announce step: the wire sends there now).
+    async fn forward_held(&mut self) -> StepOutcome {
+        if !self.done.src_held {
+            return StepOutcome::Done;
+        }
+        self.done.src_held = false;
+        let (s, d, vm) = (self.src(), self.dst(), self.vm());
+        for _ in 0..MAX_HELD_PARTS {
+            let part = match s.switch.take_held(vm).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.warn(format!(
+                        "could not take the frames held at the source {} since the switch-over: {e}",
+                        s.name
+                    ));
+                    return StepOutcome::Warning;
+                }
+            };
+            if !part.frames.is_empty() {
+                match d.switch.inject(vm, &part.frames).await {
+                    Ok(n) => self.done.forwarded += n,
+                    Err(e) => {
+                        self.warn(format!(
+                            "could not deliver {} frame(s) held at the source {} to the destination {}: {e}",
+                            part.frames.len(),
+                            s.name,
+                            d.name
+                        ));
+                        return StepOutcome::Warning;
+                    }
+                }
+            }
+            if !part.more {
+                return StepOutcome::Done;
+            }
+        }
+        self.warn(format!(
+            "the source {} still held frames after {MAX_HELD_PARTS} parts; the rest is dropped with its port",
+            s.name
+        ));
+        StepOutcome::Warning
+    }
+
     async fn release_source(&mut self) -> StepOutcome {
         let (s, vm) = (self.src(), self.vm());
         let mut outcome = StepOutcome::Done;
@@ -1377,6 +1481,7 @@ impl<'m, 'a> Run<'m, 'a> {
             transferred_bytes: stats.as_ref().map_or(0, |s| s.transferred),
             last_progress: self.done.last_progress.clone(),
             total_ms: self.ms(self.m.clock.now().saturating_duration_since(self.t0)),
+            forwarded_frames: self.done.forwarded,
             warnings: self.warnings.clone(),
             final_state,
         }

@@ -37,7 +37,8 @@ use crate::api::{Request, Response};
 use crate::logging::warn_limited;
 
 /// Longest request line the server accepts, in bytes (without the newline).
-pub const MAX_LINE: usize = 64 * 1024;
+/// (An `inject` of a migration's held frames carries up to a 64 KiB frame in hex.)
+pub const MAX_LINE: usize = 512 * 1024;
 /// Longest response line the client accepts, in bytes.
 pub const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 /// How long [`request`] waits for the switch, in total.

@@ -261,6 +261,11 @@ fn describe(req: &AgentRequest) -> String {
         AgentRequest::Ping => "ping".into(),
         AgentRequest::Check { vm } => format!("check VM {}", vm.name),
         AgentRequest::Admit { vm } => format!("admit VM {}", vm.name),
+        // Frames are data, not worth a log line each.
+        AgentRequest::Node {
+            name,
+            op: NodeOp::Inject { frames },
+        } => format!("VM {name}: Inject {{ {} frame(s) }}", frames.len()),
         AgentRequest::Node { name, op } => format!("VM {name}: {op:?}"),
     }
 }

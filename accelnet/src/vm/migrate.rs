@@ -301,6 +301,12 @@ fn human(r: &MigrationReport) -> String {
             .map_or("not reported".into(), |d| format!("{d} ms")),
         r.transferred_bytes >> 20
     ));
+    if r.forwarded_frames > 0 {
+        s.push_str(&format!(
+            "  {} frame(s) held at the source from the switch-over, delivered at the destination\n",
+            r.forwarded_frames
+        ));
+    }
     for st in &r.steps {
         s.push_str(&format!(
             "  {:<9} {:>6} ms  (+{} ms)  {:?}\n",

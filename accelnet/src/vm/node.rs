@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use migration::live::{
-    DirectGrant, IncomingEndpoint, MigrationProgress, MigrationStats, OpError, OpErrorKind,
-    PathKind, ProgressFn, Route, SwitchOps, VfOps, VmNet, VmmOps,
+    CarriedFrame, DirectGrant, HeldPart, IncomingEndpoint, MigrationProgress, MigrationStats,
+    OpError, OpErrorKind, PathKind, ProgressFn, Route, SwitchOps, VfOps, VmNet, VmmOps,
 };
 use serde::{Deserialize, Serialize};
 use sriov::steer::Route as SteerRoute;
@@ -83,6 +83,18 @@ pub enum NodeOp {
         /// Up or down.
         up: bool,
     },
+    /// Arm the VM port's hold for the switch-over of an outgoing migration.
+    HoldOnStop {
+        /// Longest the hold may last once started.
+        max_ms: u64,
+    },
+    /// Take a part of the frames the switch holds for the VM.
+    TakeHeld,
+    /// Deliver frames held on another node to the VM.
+    Inject {
+        /// The frames.
+        frames: Vec<CarriedFrame>,
+    },
 }
 
 /// What a [`NodeOp`] answered.
@@ -105,6 +117,16 @@ pub enum NodeAnswer {
     Released {
         /// Frames that had been held.
         frames: u64,
+    },
+    /// [`NodeOp::TakeHeld`].
+    HeldPart {
+        /// The frames and whether more are held.
+        part: HeldPart,
+    },
+    /// [`NodeOp::Inject`].
+    Injected {
+        /// Frames queued for the guest.
+        queued: u64,
     },
 }
 
@@ -371,6 +393,37 @@ impl LocalNode {
             NodeOp::Announce => {
                 path::announce(&rec, false).map_err(|e| op_error(OpErrorKind::Unavailable, &e))?;
                 Ok(NodeAnswer::Done)
+            }
+            NodeOp::HoldOnStop { max_ms } => {
+                path::switch_hold_on_stop(&rec, Duration::from_millis(*max_ms))
+                    .map_err(|e| op_error(OpErrorKind::Unavailable, &e))?;
+                Ok(NodeAnswer::Done)
+            }
+            NodeOp::TakeHeld => {
+                let (frames, more) =
+                    path::switch_take_held(&rec).map_err(|e| op_error(OpErrorKind::Failed, &e))?;
+                let frames = frames
+                    .into_iter()
+                    .map(|f| CarriedFrame {
+                        frame: f.frame,
+                        vnet: f.vnet,
+                    })
+                    .collect();
+                Ok(NodeAnswer::HeldPart {
+                    part: HeldPart { frames, more },
+                })
+            }
+            NodeOp::Inject { frames } => {
+                let frames: Vec<vswitch::api::WireFrame> = frames
+                    .iter()
+                    .map(|f| vswitch::api::WireFrame {
+                        frame: f.frame.clone(),
+                        vnet: f.vnet.clone(),
+                    })
+                    .collect();
+                let queued = path::switch_inject(&rec, &frames)
+                    .map_err(|e| op_error(OpErrorKind::Failed, &e))?;
+                Ok(NodeAnswer::Injected { queued })
             }
             NodeOp::RemovePort => {
                 remove_switch_port(&rec).map_err(|e| op_error(OpErrorKind::Unavailable, &e))?;
@@ -695,5 +748,27 @@ impl SwitchOps for NodeHost<'_> {
 
     async fn remove_port(&self, vm: &VmNet) -> Result<(), OpError> {
         self.done(vm, NodeOp::RemovePort).await
+    }
+
+    async fn hold_on_stop(&self, vm: &VmNet, max: Duration) -> Result<(), OpError> {
+        let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+        self.done(vm, NodeOp::HoldOnStop { max_ms }).await
+    }
+
+    async fn take_held(&self, vm: &VmNet) -> Result<HeldPart, OpError> {
+        match self.call(vm, NodeOp::TakeHeld, Duration::ZERO).await? {
+            NodeAnswer::HeldPart { part } => Ok(part),
+            other => Err(OpError::failed(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn inject(&self, vm: &VmNet, frames: &[CarriedFrame]) -> Result<u64, OpError> {
+        let op = NodeOp::Inject {
+            frames: frames.to_vec(),
+        };
+        match self.call(vm, op, Duration::ZERO).await? {
+            NodeAnswer::Injected { queued } => Ok(queued),
+            other => Err(OpError::failed(format!("unexpected answer {other:?}"))),
+        }
     }
 }

@@ -31,7 +31,7 @@ use sriov::steer::{Route, SteerError, Steering};
 use sriov::sysfs::SysfsRoot;
 use sriov::tiers::Tier;
 use vmm_plugin::{DirectPath, Vmm, VmmError, VmmKind};
-use vswitch::api::PortKind;
+use vswitch::api::{PortKind, WireFrame};
 use vswitch::{Request, Response};
 
 use super::store::{DirectState, Phase, VmRecord, VmStore};
@@ -263,6 +263,79 @@ pub(super) fn switch_hold(
         } => Ok((held, redirected)),
         other => bail!("the switch answered {other:?} to a hold"),
     }
+}
+
+/// Arms the VM port's hold for a live migration's switch-over: it starts when the
+/// VMM stops the VM and lasts at most `max` (the switch ends it by itself).
+pub(super) fn switch_hold_on_stop(rec: &VmRecord, max: Duration) -> anyhow::Result<()> {
+    let req = Request::Hold {
+        port: rec.port.clone(),
+        hold: true,
+        max_ms: Some(u64::try_from(max.as_millis()).unwrap_or(u64::MAX)),
+        via: None,
+        on_stop: true,
+    };
+    match switch_request(&rec.switch_control, &req)? {
+        Response::Held { .. } => Ok(()),
+        other => bail!("the switch answered {other:?} to arming a hold"),
+    }
+}
+
+/// Takes a part of the frames the switch holds for the VM (the hold ends with the
+/// last); returns them and whether more are held.
+pub(super) fn switch_take_held(rec: &VmRecord) -> anyhow::Result<(Vec<WireFrame>, bool)> {
+    let req = Request::HoldTake {
+        port: rec.port.clone(),
+        max_bytes: None,
+    };
+    match switch_request(&rec.switch_control, &req)? {
+        Response::HeldFrames { frames, more, .. } => Ok((frames, more)),
+        other => bail!("the switch answered {other:?} to taking held frames"),
+    }
+}
+
+/// Most hex characters of frames in one `inject` request (the switch reads
+/// request lines of up to 512 KiB).
+const INJECT_CHUNK: usize = 192 * 1024;
+
+/// Has the switch deliver `frames` to the VM, in order, in requests that fit its
+/// control line; returns how many it queued.
+pub(super) fn switch_inject(rec: &VmRecord, frames: &[WireFrame]) -> anyhow::Result<u64> {
+    let mut queued = 0;
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut len = 0;
+        for f in rest {
+            let l = f.frame.len() + f.vnet.as_ref().map_or(0, String::len);
+            if n > 0 && len + l > INJECT_CHUNK {
+                break;
+            }
+            len += l;
+            n += 1;
+        }
+        let (part, next) = rest.split_at(n);
+        let req = Request::Inject {
+            port: rec.port.clone(),
+            frames: part.to_vec(),
+        };
+        match switch_request(&rec.switch_control, &req)? {
+            Response::Injected {
+                queued: q, dropped, ..
+            } => {
+                queued += q;
+                if dropped > 0 {
+                    log::warn!(
+                        "VM {}: {dropped} injected frame(s) did not fit the port's queue",
+                        rec.name()
+                    );
+                }
+            }
+            other => bail!("the switch answered {other:?} to injecting frames"),
+        }
+        rest = next;
+    }
+    Ok(queued)
 }
 
 /// [`switch_hold`] for a path change that works without it: a switch that cannot

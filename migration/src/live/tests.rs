@@ -53,6 +53,8 @@ struct FakeHost {
     guest_traffic: Mutex<bool>,
     migrate: Mutex<MigrateMode>,
     cancelled: tokio::sync::Notify,
+    /// Parts taken out of the held frames so far.
+    taken: Mutex<usize>,
 }
 
 impl FakeHost {
@@ -71,6 +73,7 @@ impl FakeHost {
             guest_traffic: Mutex::new(true),
             migrate: Mutex::new(MigrateMode::Complete),
             cancelled: tokio::sync::Notify::new(),
+            taken: Mutex::new(0),
         }
     }
 
@@ -215,6 +218,38 @@ impl SwitchOps for FakeHost {
     async fn remove_port(&self, _vm: &VmNet) -> Result<(), OpError> {
         self.call("switch.remove_port")
     }
+
+    async fn hold_on_stop(&self, _vm: &VmNet, max: Duration) -> Result<(), OpError> {
+        self.call(format!("switch.hold_on_stop {}s", max.as_secs()))
+    }
+
+    /// Two parts: two frames, then one.
+    async fn take_held(&self, _vm: &VmNet) -> Result<HeldPart, OpError> {
+        self.call("switch.take_held")?;
+        let mut taken = self.taken.lock().unwrap();
+        *taken += 1;
+        let frame = |n: usize| CarriedFrame {
+            frame: format!("{n:02x}"),
+            vnet: None,
+        };
+        Ok(match *taken {
+            1 => HeldPart {
+                frames: vec![frame(1), frame(2)],
+                more: true,
+            },
+            2 => HeldPart {
+                frames: vec![frame(3)],
+                more: false,
+            },
+            _ => HeldPart::default(),
+        })
+    }
+
+    async fn inject(&self, _vm: &VmNet, frames: &[CarriedFrame]) -> Result<u64, OpError> {
+        let names: Vec<&str> = frames.iter().map(|f| f.frame.as_str()).collect();
+        self.call(format!("switch.inject {}", names.join(",")))?;
+        Ok(frames.len() as u64)
+    }
 }
 
 fn grant(side: &str) -> DirectGrant {
@@ -323,6 +358,21 @@ const STEER_UNPLUG: [&str; 4] = [
 
 const DEST_TEARDOWN: [&str; 3] = ["dst.vmm.stop", "dst.vf.release", "dst.switch.remove_port"];
 
+/// The source's hold for the switch-over (armed before the migration).
+const ARM: &str = "src.switch.hold_on_stop 30s";
+
+/// What the source held from the switch-over, taken in two parts and delivered at
+/// the destination.
+const FORWARD: [&str; 4] = [
+    "src.switch.take_held",
+    "dst.switch.inject 01,02",
+    "src.switch.take_held",
+    "dst.switch.inject 03",
+];
+
+/// The rollback delivers what the source held to its guest again.
+const SRC_HOLD_BACK: &str = "src.switch.release_hold synthetic";
+
 const SRC_REPLUG: [&str; 6] = [
     "src.switch.hold",
     "src.vf.route both",
@@ -357,9 +407,13 @@ async fn migrates_with_every_step_in_order() {
             &ADMIT,
             &STEER_UNPLUG,
             &[
+                ARM,
                 "src.vmm.migrate tcp:dst:4444#vm1",
                 "dst.vmm.confirm_running",
                 "dst.switch.announce",
+            ],
+            &FORWARD,
+            &[
                 "dst.switch.hold",
                 "dst.vf.route both",
                 "dst.vmm.plug_direct vf:dst-0000:3b:02.1",
@@ -381,6 +435,7 @@ async fn migrates_with_every_step_in_order() {
     );
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     assert_eq!(report.downtime_ms, Some(42));
+    assert_eq!(report.forwarded_frames, 3);
     assert_eq!(report.migration_ms, 500);
     assert_eq!(report.transferred_bytes, 1000);
     assert_eq!(
@@ -399,13 +454,13 @@ async fn migrates_with_every_step_in_order() {
             (Step::Admit, StepOutcome::Done, 0, 3),
             (Step::Steer, StepOutcome::Done, 3, 2),
             (Step::Unplug, StepOutcome::Done, 5, 2),
-            (Step::Migrate, StepOutcome::Done, 7, 502),
-            (Step::Announce, StepOutcome::Done, 509, 1),
-            (Step::Plug, StepOutcome::Done, 510, 6),
-            (Step::Release, StepOutcome::Done, 516, 3),
+            (Step::Migrate, StepOutcome::Done, 7, 503),
+            (Step::Announce, StepOutcome::Done, 510, 5),
+            (Step::Plug, StepOutcome::Done, 515, 6),
+            (Step::Release, StepOutcome::Done, 521, 3),
         ]
     );
-    assert_eq!(report.total_ms, 519);
+    assert_eq!(report.total_ms, 524);
 
     let events = w.events.lock().unwrap().clone();
     let started: Vec<Step> = events
@@ -429,8 +484,9 @@ async fn migrates_with_every_step_in_order() {
     assert_eq!(json["final_state"]["runs_on"], "destination");
     assert_eq!(json["final_state"]["path"], "direct");
     assert_eq!(json["steps"][3]["step"], "migrate");
-    assert_eq!(json["steps"][3]["duration_ms"], 502);
+    assert_eq!(json["steps"][3]["duration_ms"], 503);
     assert_eq!(json["downtime_ms"], 42);
+    assert_eq!(json["forwarded_frames"], 3);
 }
 
 #[tokio::test]
@@ -639,8 +695,9 @@ async fn migration_failure_keeps_the_vm_on_the_source_and_replugs_its_vf() {
         concat(&[
             &ADMIT,
             &STEER_UNPLUG,
-            &["src.vmm.migrate tcp:dst:4444#vm1"],
+            &[ARM, "src.vmm.migrate tcp:dst:4444#vm1"],
             &DEST_TEARDOWN,
+            &[SRC_HOLD_BACK],
             &SRC_REPLUG,
         ])
     );
@@ -674,6 +731,7 @@ async fn cancel_mid_migration_rolls_back_to_the_source() {
                 "src.vmm.cancel_migration"
             ],
             &DEST_TEARDOWN,
+            &[SRC_HOLD_BACK],
             &SRC_REPLUG,
         ])
     );
@@ -709,7 +767,7 @@ async fn destination_vmm_dying_during_migration_leaves_the_vm_on_the_source() {
     // The rest of the rollback still happens.
     assert_eq!(
         w.log_from("dst.vmm.stop"),
-        concat(&[&DEST_TEARDOWN, &SRC_REPLUG])
+        concat(&[&DEST_TEARDOWN, &[SRC_HOLD_BACK], &SRC_REPLUG])
     );
     assert_eq!(err.final_state, src_direct());
     assert!(err
@@ -735,7 +793,7 @@ async fn destination_not_running_after_the_switch_over_resumes_the_source() {
         concat(&[
             &["dst.vmm.confirm_running"],
             &DEST_TEARDOWN,
-            &["src.vmm.resume"],
+            &["src.vmm.resume", SRC_HOLD_BACK],
             &SRC_REPLUG,
         ])
     );
@@ -918,9 +976,14 @@ async fn vm_without_direct_paths_skips_steer_unplug_and_plug() {
         strs(&[
             "dst.switch.prepare_port 52:54:00:12:34:56",
             "dst.vmm.start_incoming",
+            ARM,
             "src.vmm.migrate tcp:dst:4444#vm1",
             "dst.vmm.confirm_running",
             "dst.switch.announce",
+            FORWARD[0],
+            FORWARD[1],
+            FORWARD[2],
+            FORWARD[3],
             "src.vmm.stop",
             "src.switch.remove_port",
         ])
@@ -946,7 +1009,10 @@ async fn migration_failure_without_a_source_direct_path_touches_no_vf() {
     let w = World::new(false);
     *w.src.migrate.lock().unwrap() = MigrateMode::Fail(OpError::failed("boom"));
     let err = w.run(&plan(false, true)).await.expect_err("fails");
-    assert_eq!(w.log_from("dst.vmm.stop"), strs(&DEST_TEARDOWN));
+    assert_eq!(
+        w.log_from("dst.vmm.stop"),
+        concat(&[&DEST_TEARDOWN, &[SRC_HOLD_BACK]])
+    );
     assert_eq!(
         err.final_state,
         FinalState::Source {
@@ -1043,4 +1109,54 @@ fn op_error_from_error_keeps_the_chain() {
     let e = Outer(std::io::Error::other("inner"));
     let op = OpError::from_error(OpErrorKind::Gone, &e);
     assert_eq!(op, OpError::gone("outer: inner"));
+}
+
+#[tokio::test]
+async fn held_frames_that_cannot_be_delivered_are_a_warning_not_a_failure() {
+    let w = World::new(true);
+    w.dst.fail(
+        "switch.inject 01,02",
+        OpError::unavailable("no VM port named vm1"),
+    );
+    let report = w.run(&plan(true, true)).await.expect("migrates");
+    assert_eq!(report.steps[4].step, Step::Announce);
+    assert_eq!(report.steps[4].outcome, StepOutcome::Warning);
+    assert_eq!(report.forwarded_frames, 0);
+    assert_eq!(
+        report.warnings,
+        vec![
+            "could not deliver 2 frame(s) held at the source hostA to the destination hostB: no VM port named vm1"
+        ]
+    );
+    // No second part is taken; the source's port goes with what is left.
+    assert_eq!(
+        w.log()
+            .iter()
+            .filter(|l| *l == "src.switch.take_held")
+            .count(),
+        1
+    );
+    assert_eq!(report.final_state.path(), Some(PathKind::Direct));
+}
+
+#[tokio::test]
+async fn a_source_switch_that_cannot_arm_its_hold_is_a_warning_and_nothing_is_taken() {
+    let w = World::new(true);
+    w.src.fail(
+        ARM.trim_start_matches("src."),
+        OpError::failed("unknown field on_stop"),
+    );
+    let report = w.run(&plan(true, true)).await.expect("migrates");
+    assert_eq!(report.steps[3].outcome, StepOutcome::Done);
+    assert_eq!(report.forwarded_frames, 0);
+    assert_eq!(
+        report.warnings,
+        vec![
+            "could not arm the source switch's hold for the switch-over on hostA: unknown field on_stop; frames reaching it meanwhile are lost"
+        ]
+    );
+    assert!(!w
+        .log()
+        .iter()
+        .any(|l| l.contains("take_held") || l.contains("inject")));
 }

@@ -1014,6 +1014,7 @@ fn migrate_there_and_back(c: &MigrateCtx<'_>) {
         let (st, out) = c.vm(&c.a, &["enable", "vm1"]);
         assert_eq!(st, 0, "{out}");
     }
+    cancelled_migration(c, &b_sock);
     // Each refusal left vm1 as it was: running on A, on its direct path, B untouched.
     let rec = c.record(&c.a).unwrap_or_else(|| panic!("vm1 gone from A"));
     assert_eq!(rec["phase"], "running", "{rec}");
@@ -1023,6 +1024,109 @@ fn migrate_there_and_back(c: &MigrateCtx<'_>) {
     let there = c.probed_migration(&c.a, &c.b, 100);
     let back = c.probed_migration(&c.b, &c.a, 100);
     log(format!("{there}\n{back}"));
+}
+
+/// `vm migrate vm1` to B interrupted (SIGINT, as Ctrl-C) once QEMU reports its
+/// migration active: QEMU's migration is cancelled (`migrate_cancel`), the migration rolled back, and vm1 goes on
+/// running on A with network; B keeps no VM and no port.
+fn cancelled_migration(c: &MigrateCtx<'_>, b_sock: &str) {
+    use std::io::BufRead;
+    let mut argv: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        c.a.ns.into(),
+        c.bin.to_string_lossy().into_owned(),
+        "vm".into(),
+        "migrate".into(),
+        "vm1".into(),
+        "--to".into(),
+        b_sock.to_string(),
+    ];
+    argv.extend(c.a.common.iter().map(|s| s.to_string()));
+    // `ip netns exec` execs accelnet: the child's pid is accelnet's.
+    let mut child = std::process::Command::new("ip")
+        .args(&argv)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                // QEMU reports its migration under way: cancel that, not the step.
+                let started = line.trim_start().starts_with("active:");
+                seen.push(line);
+                if started {
+                    break;
+                }
+            }
+            Err(_) => panic!("the migration never got active:\n{}", seen.join("\n")),
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    reader.join().unwrap_or_else(|_| panic!("stderr reader"));
+    seen.extend(rx.try_iter());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        seen.join("\n")
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("interrupted: cancelling the migration"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "migration of VM vm1 failed at the migrate step: the migration was cancelled"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("destination VMM stopped"), "{text}");
+    log(format!(
+        "migration cancelled mid-way: {}",
+        text.lines().last().unwrap_or("")
+    ));
+    let ping = c
+        .wire
+        .ping(GUEST_IP, 5, 10)
+        .unwrap_or_else(|e| panic!("after the cancelled migration: {e}"));
+    assert!(ping.received >= 4, "{ping:?}");
+    let b = c.record(&c.b);
+    assert!(
+        b.as_ref()
+            .is_none_or(|r| r["phase"] != "running" && r["phase"] != "incoming"),
+        "{b:?}"
+    );
+    assert!(
+        !c.has_port(&c.b),
+        "the cancelled migration left a port on B"
+    );
+    let rec = c.record(&c.a).unwrap_or_else(|| panic!("vm1 gone from A"));
+    assert_eq!(rec["phase"], "running", "{rec}");
+    if rec["direct"] == "detached" {
+        // As after the destination died: re-plugged, but the guest did not use the
+        // primary within the settle time.
+        assert!(text.contains("source direct path re-plugged"), "{text}");
+        let (st, out) = c.vm(&c.a, &["enable", "vm1"]);
+        assert_eq!(st, 0, "{out}");
+    }
 }
 
 /// `accelnet drill SCENARIO --vm vm1 --json` on `side` under a probe from the
@@ -1187,7 +1291,7 @@ fn drills(c: &MigrateCtx<'_>, logs: &Path) {
     // Live migration A -> B as a drill, then B drained back to A.
     let to_a = c.a.agent.to_string_lossy().into_owned();
     let to_b = c.b.agent.to_string_lossy().into_owned();
-    let v = drill(c, &c.a, "migrate", 100, &["--to", &to_b], logs);
+    let v = drill(c, &c.a, "migrate", 1000, &["--to", &to_b], logs);
     assert_eq!(
         v["steps"][0]["final_state"]["runs_on"], "destination",
         "{v}"

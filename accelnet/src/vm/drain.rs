@@ -87,7 +87,7 @@ pub(super) async fn drain(
             json: !progress,
             ..MigrateArgs::to(&name, to)
         };
-        let vm = match migrate_vm(store, paths, &m, progress).await {
+        let vm = match migrate_vm(store, paths, &m, progress, None).await {
             Ok(Ok(report)) => DrainedVm {
                 name,
                 migrated: report.final_state.on_destination(),

@@ -355,7 +355,7 @@ async fn scenario(
                 dest_vf_standin: a.dest_vf_standin.clone(),
                 ..MigrateArgs::to(name, a.to.as_deref().context("--to")?)
             };
-            match migrate_vm(store, &a.paths, &m, false).await? {
+            match migrate_vm(store, &a.paths, &m, false, None).await? {
                 Ok(report) => run.step("migrate", &report),
                 Err(e) => {
                     run.step("migrate", &e);

@@ -12,10 +12,11 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use migration::live::{
-    DirectGrant, Event, InFlight, LiveMigration, MigrationError, MigrationOptions, MigrationPlan,
-    MigrationReport, StepOutcome, VmNet,
+    CancelToken, DirectGrant, Event, InFlight, LiveMigration, MigrationError, MigrationOptions,
+    MigrationPlan, MigrationReport, StepOutcome, VmNet,
 };
 use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
 use vmm_plugin::DirectPath;
 
 use super::agent::{DirectWant, IncomingVm};
@@ -82,8 +83,27 @@ struct Outcome<'a> {
 
 /// `accelnet vm migrate`.
 pub(super) async fn migrate(store: &VmStore, paths: &Paths, a: &MigrateArgs) -> anyhow::Result<()> {
+    // Ctrl-C or SIGTERM cancels: the orchestrator stops before the switch-over and
+    // rolls back (after it, the migration finishes).
+    let cancel = CancelToken::new();
+    let on_signal = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("accelnet: interrupted: cancelling the migration");
+            cancel.cancel();
+        })
+    };
     // JSON output stays machine-readable: no progress lines then.
-    match migrate_vm(store, paths, a, !a.json).await? {
+    let res = migrate_vm(store, paths, a, !a.json, Some(&cancel)).await;
+    on_signal.abort();
+    match res? {
         Ok(report) => {
             if a.json {
                 return print(&json(&Outcome {
@@ -109,6 +129,7 @@ pub(super) async fn migrate_vm(
     paths: &Paths,
     a: &MigrateArgs,
     progress: bool,
+    cancel: Option<&CancelToken>,
 ) -> anyhow::Result<Result<MigrationReport, MigrationError>> {
     let rec = store.get(&a.name)?;
     if rec.phase != Phase::Running {
@@ -187,15 +208,11 @@ pub(super) async fn migrate_vm(
     };
 
     let node = LocalNode::new(paths.clone());
-    let source = NodeHost {
-        transport: Transport::Local { node: &node, store },
-    };
-    let destination = NodeHost {
-        transport: Transport::Agent {
-            socket: a.to.clone(),
-            incoming: Box::new(incoming),
-        },
-    };
+    let source = NodeHost::new(Transport::Local { node: &node, store });
+    let destination = NodeHost::new(Transport::Agent {
+        socket: a.to.clone(),
+        incoming: Box::new(incoming),
+    });
     let src_name = node_name();
     let dst_name = a.to.display().to_string();
     let mut m = LiveMigration::new(
@@ -223,6 +240,9 @@ pub(super) async fn migrate_vm(
         }
     };
     m.events = &show;
+    if let Some(c) = cancel {
+        m.cancel = c.clone();
+    }
     store.update(&a.name, |r| {
         r.phase = Phase::Migrating;
         Ok(())

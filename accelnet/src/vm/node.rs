@@ -466,6 +466,19 @@ async fn resume_ch(rec: &VmRecord) -> Result<NodeAnswer, OpError> {
     }
 }
 
+/// Returns once a cancel was asked for on `rx` (never if its sender is gone).
+async fn cancel_asked(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let asked = *rx.borrow_and_update();
+        if asked {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// SIGKILLs the recorded VMM process (checked against its start time) and waits
 /// up to 5 s for it to go.
 async fn kill_vmm(rec: &VmRecord) -> Result<(), OpError> {
@@ -529,6 +542,19 @@ pub enum Transport<'a> {
 pub struct NodeHost<'a> {
     /// Where the operations run.
     pub transport: Transport<'a>,
+    /// A cancel of the outgoing migration, for [`NodeHost::migrate`] to carry out
+    /// over its own control connection (QEMU serves one QMP client at a time).
+    cancel: tokio::sync::watch::Sender<bool>,
+}
+
+impl<'a> NodeHost<'a> {
+    /// The node reached through `transport`.
+    pub fn new(transport: Transport<'a>) -> Self {
+        NodeHost {
+            transport,
+            cancel: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl NodeHost<'_> {
@@ -617,6 +643,13 @@ impl VmmOps for NodeHost<'_> {
         };
         let rec = LocalNode::record(store, &vm.name)?;
         let vmm = LocalNode::vmm(&rec).await?;
+        let mut cancel = self.cancel.subscribe();
+        let asked = *cancel.borrow();
+        if asked {
+            return Err(OpError::cancelled(
+                "cancelled before the VMM started migrating",
+            ));
+        }
         let report = |p: &vmm_plugin::MigrationProgress| {
             progress(&MigrationProgress {
                 status: p.status.clone(),
@@ -627,10 +660,24 @@ impl VmmOps for NodeHost<'_> {
                 elapsed_ms: p.elapsed_ms,
             });
         };
-        let s = vmm
-            .migrate_out(&to.uri, &report)
-            .await
-            .map_err(|e| vmm_op_error(&e))?;
+        let res = {
+            let out = vmm.migrate_out(&to.uri, &report);
+            tokio::pin!(out);
+            let mut sent = false;
+            loop {
+                tokio::select! {
+                    r = &mut out => break r,
+                    () = cancel_asked(&mut cancel), if !sent => {
+                        sent = true;
+                        // Same connection as the migration's polling.
+                        if let Err(e) = vmm.cancel_migration().await {
+                            log::warn!("VM {}: the VMM refused the cancel: {e}", vm.name);
+                        }
+                    }
+                }
+            }
+        };
+        let s = res.map_err(|e| vmm_op_error(&e))?;
         Ok(MigrationStats {
             total_ms: s.total_ms,
             downtime_ms: s.downtime_ms,
@@ -639,7 +686,14 @@ impl VmmOps for NodeHost<'_> {
     }
 
     async fn cancel_migration(&self, vm: &VmNet) -> Result<(), OpError> {
-        self.done(vm, NodeOp::CancelMigration).await
+        match &self.transport {
+            // The source: its migrate call cancels over its own connection.
+            Transport::Local { .. } => {
+                self.cancel.send_replace(true);
+                Ok(())
+            }
+            Transport::Agent { .. } => self.done(vm, NodeOp::CancelMigration).await,
+        }
     }
 
     async fn confirm_running(&self, vm: &VmNet) -> Result<(), OpError> {

@@ -827,11 +827,14 @@ fn fake_ch_vm_migrate_fails_when_the_destination_vmm_dies_and_the_vm_stays() {
     assert_eq!(report["final_state"]["runs_on"], "source", "{report}");
     assert_eq!(report["rollback_errors"], json!([]), "{report}");
     let sock_b = agent_b.sock.to_str().unwrap();
+    // The source's hold armed for the switch-over is released to its guest.
+    let source = report["final_state"]["host"].as_str().unwrap();
     assert_eq!(
         report["rolled_back"],
         json!([
             format!("destination VMM stopped on {sock_b}"),
             format!("destination switch port removed on {sock_b}"),
+            format!("source switch hold released on {source}"),
         ])
     );
     // The VM runs on A as before: same fake, same config, its port, its record.

@@ -12,8 +12,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use migration::live::{
-    CarriedFrame, DirectGrant, HeldPart, IncomingEndpoint, MigrationProgress, MigrationStats,
-    OpError, OpErrorKind, PathKind, ProgressFn, Route, SwitchOps, VfOps, VmNet, VmmOps,
+    CancelToken, CarriedFrame, DirectGrant, HeldPart, IncomingEndpoint, MigrationProgress,
+    MigrationStats, OpError, OpErrorKind, PathKind, ProgressFn, Route, SwitchOps, VfOps, VmNet,
+    VmmOps,
 };
 use serde::{Deserialize, Serialize};
 use sriov::steer::Route as SteerRoute;
@@ -466,19 +467,6 @@ async fn resume_ch(rec: &VmRecord) -> Result<NodeAnswer, OpError> {
     }
 }
 
-/// Returns once a cancel was asked for on `rx` (never if its sender is gone).
-async fn cancel_asked(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let asked = *rx.borrow_and_update();
-        if asked {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 /// SIGKILLs the recorded VMM process (checked against its start time) and waits
 /// up to 5 s for it to go.
 async fn kill_vmm(rec: &VmRecord) -> Result<(), OpError> {
@@ -544,7 +532,7 @@ pub struct NodeHost<'a> {
     pub transport: Transport<'a>,
     /// A cancel of the outgoing migration, for [`NodeHost::migrate`] to carry out
     /// over its own control connection (QEMU serves one QMP client at a time).
-    cancel: tokio::sync::watch::Sender<bool>,
+    cancel: CancelToken,
 }
 
 impl<'a> NodeHost<'a> {
@@ -552,7 +540,7 @@ impl<'a> NodeHost<'a> {
     pub fn new(transport: Transport<'a>) -> Self {
         NodeHost {
             transport,
-            cancel: tokio::sync::watch::Sender::new(false),
+            cancel: CancelToken::new(),
         }
     }
 }
@@ -643,9 +631,7 @@ impl VmmOps for NodeHost<'_> {
         };
         let rec = LocalNode::record(store, &vm.name)?;
         let vmm = LocalNode::vmm(&rec).await?;
-        let mut cancel = self.cancel.subscribe();
-        let asked = *cancel.borrow();
-        if asked {
+        if self.cancel.is_cancelled() {
             return Err(OpError::cancelled(
                 "cancelled before the VMM started migrating",
             ));
@@ -667,7 +653,7 @@ impl VmmOps for NodeHost<'_> {
             loop {
                 tokio::select! {
                     r = &mut out => break r,
-                    () = cancel_asked(&mut cancel), if !sent => {
+                    () = self.cancel.cancelled(), if !sent => {
                         sent = true;
                         // Same connection as the migration's polling.
                         if let Err(e) = vmm.cancel_migration().await {
@@ -689,7 +675,7 @@ impl VmmOps for NodeHost<'_> {
         match &self.transport {
             // The source: its migrate call cancels over its own connection.
             Transport::Local { .. } => {
-                self.cancel.send_replace(true);
+                self.cancel.cancel();
                 Ok(())
             }
             Transport::Agent { .. } => self.done(vm, NodeOp::CancelMigration).await,

@@ -558,7 +558,7 @@ impl Forwarder {
         if port.owner != self.index || !v.announce_pending.load(Ordering::Acquire) {
             return;
         }
-        if !v.attached.load().as_ref().is_some_and(|a| a.rx_running()) {
+        if !v.rx_running() {
             return;
         }
         let mac = {
@@ -1117,10 +1117,7 @@ impl Forwarder {
             // An armed hold starts when the guest's receive rings stopped: its VMM
             // paused it for a migration's switch-over; the frames go to the
             // destination afterwards instead of being dropped here.
-            if v.hold.is_armed()
-                && !v.attached.load().as_ref().is_some_and(|a| a.rx_running())
-                && v.hold.trigger(Instant::now())
-            {
+            if v.hold.is_armed() && !v.rx_running() && v.hold.trigger(Instant::now()) {
                 log::info!(
                     "port {}: receive rings stopped, holding its frames (armed hold)",
                     port.name

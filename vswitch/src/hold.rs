@@ -295,12 +295,17 @@ impl Hold {
         if !q.frames.is_empty() || self.state() != HoldState::Draining {
             return false;
         }
+        self.back_to_normal(q);
+        true
+    }
+
+    /// Ends the hold with its queue empty: back to `Normal`, the memory given back.
+    fn back_to_normal(&self, q: &mut HoldQueue) {
         q.deadline = None;
         q.stalled_since = None;
         q.via = None;
-        q.frames = VecDeque::new(); // give the memory back
+        q.frames = VecDeque::new();
         self.set(HoldState::Normal);
-        true
     }
 
     /// Takes up to `max_bytes` of the held frames out (at least one frame if any)
@@ -325,11 +330,7 @@ impl Hold {
         let out = q.take(n);
         let more = !q.frames.is_empty();
         if !more {
-            q.deadline = None;
-            q.stalled_since = None;
-            q.via = None;
-            q.frames = VecDeque::new();
-            self.set(HoldState::Normal);
+            self.back_to_normal(&mut q);
         }
         (out, more, q.counts)
     }

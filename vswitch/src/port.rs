@@ -392,6 +392,14 @@ impl std::fmt::Debug for VhostPort {
 }
 
 impl VhostPort {
+    /// Whether the rings the port follows take frames now ([`Attached::rx_running`]).
+    pub fn rx_running(&self) -> bool {
+        self.attached
+            .load()
+            .as_ref()
+            .is_some_and(|a| a.rx_running())
+    }
+
     /// Offer no offloads: every frame crosses finished and MTU-sized.
     pub fn without_offloads(mut self) -> Self {
         self.features &= !crate::features::OFFLOAD_FEATURES;

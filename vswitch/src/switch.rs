@@ -276,9 +276,7 @@ impl State {
             .lock()
             .map_err(|_| PortChangeError::Thread(std::io::Error::other("lock poisoned")))?;
         let table = self.shared.ports.load_full();
-        let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()).cloned() else {
-            return Err(PortChangeError::NotFound(name.to_string()));
-        };
+        let port = vm_port(&table, name)?.0.clone();
         let mut slots = table.slots.clone();
         slots[usize::from(port.id)] = None;
         self.shared.ports.store(Arc::new(PortTable {
@@ -360,12 +358,7 @@ impl State {
         on_attach: bool,
     ) -> Result<(Vec<String>, bool), PortChangeError> {
         let table = self.shared.ports.load();
-        let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()).cloned() else {
-            return Err(PortChangeError::NotFound(name.to_string()));
-        };
-        let Some(v) = port.vhost() else {
-            return Err(PortChangeError::NotFound(name.to_string()));
-        };
+        let (port, v) = vm_port(&table, name)?;
         if mac.is_multicast() {
             return Err(PortChangeError::BadMac(mac));
         }
@@ -380,8 +373,7 @@ impl State {
         }
         if on_attach {
             let mut pending = v.announce_mac.lock().unwrap_or_else(|e| e.into_inner());
-            let running = v.attached.load().as_ref().is_some_and(|a| a.rx_running());
-            if !running {
+            if !v.rx_running() {
                 *pending = Some(mac);
                 v.announce_pending.store(true, Ordering::SeqCst);
                 drop(pending);
@@ -394,7 +386,7 @@ impl State {
             v.announce_pending.store(false, Ordering::SeqCst);
         }
         Ok((
-            announce_out(&table, &port, mac, fdb, self.shared.now_secs()),
+            announce_out(&table, port, mac, fdb, self.shared.now_secs()),
             false,
         ))
     }
@@ -411,20 +403,14 @@ impl State {
         on_stop: bool,
     ) -> Result<(bool, HoldCounts), PortChangeError> {
         let table = self.shared.ports.load_full();
-        let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()) else {
-            return Err(PortChangeError::NotFound(name.to_string()));
-        };
-        let Some(v) = port.vhost() else {
-            return Err(PortChangeError::NotFound(name.to_string()));
-        };
+        let (_, v) = vm_port(&table, name)?;
+        let ms = max_ms.unwrap_or(HOLD_DEFAULT_MS).min(HOLD_MAX_MS);
         if hold && on_stop {
-            let ms = max_ms.unwrap_or(HOLD_DEFAULT_MS).min(HOLD_MAX_MS);
             v.hold.arm(ms);
             log::info!("port {name}: hold armed: it starts when the receive rings stop ({ms} ms)");
             return Ok((v.hold.is_active(), v.hold.counts()));
         }
         if hold {
-            let ms = max_ms.unwrap_or(HOLD_DEFAULT_MS).min(HOLD_MAX_MS);
             let counts = v
                 .hold
                 .start(Instant::now() + std::time::Duration::from_millis(ms));
@@ -458,9 +444,7 @@ impl State {
         max_bytes: usize,
     ) -> Result<(Vec<WireFrame>, bool, HoldCounts), PortChangeError> {
         let table = self.shared.ports.load();
-        let Some(v) = table.by_name(name).and_then(|p| p.vhost()) else {
-            return Err(PortChangeError::NotFound(name.to_string()));
-        };
+        let (_, v) = vm_port(&table, name)?;
         let (frames, more, counts) = v.hold.take_out(max_bytes);
         if !frames.is_empty() {
             log::info!(
@@ -483,12 +467,7 @@ impl State {
     /// `name`'s guest; returns `(queued, dropped)`.
     fn inject(&self, name: &str, frames: &[WireFrame]) -> Result<(u64, u64), PortChangeError> {
         let table = self.shared.ports.load();
-        let Some(port) = table.by_name(name).filter(|p| p.vhost().is_some()) else {
-            return Err(PortChangeError::NotFound(name.to_string()));
-        };
-        let Some(v) = port.vhost() else {
-            return Err(PortChangeError::NotFound(name.to_string()));
-        };
+        let (port, v) = vm_port(&table, name)?;
         let held = frames
             .iter()
             .enumerate()
@@ -617,6 +596,17 @@ impl ControlHandler for State {
             },
         }
     }
+}
+
+/// VM port `name` of `table` and its vhost-user state; any other port is not found.
+fn vm_port<'t>(
+    table: &'t PortTable,
+    name: &str,
+) -> Result<(&'t Arc<Port>, &'t VhostPort), PortChangeError> {
+    table
+        .by_name(name)
+        .and_then(|p| Some((p, p.vhost()?)))
+        .ok_or_else(|| PortChangeError::NotFound(name.to_string()))
 }
 
 /// How much frame data a [`Request::HoldTake`] answer carries unless it says.

@@ -401,28 +401,12 @@ impl LocalNode {
                 Ok(NodeAnswer::Done)
             }
             NodeOp::TakeHeld => {
-                let (frames, more) =
+                let part =
                     path::switch_take_held(&rec).map_err(|e| op_error(OpErrorKind::Failed, &e))?;
-                let frames = frames
-                    .into_iter()
-                    .map(|f| CarriedFrame {
-                        frame: f.frame,
-                        vnet: f.vnet,
-                    })
-                    .collect();
-                Ok(NodeAnswer::HeldPart {
-                    part: HeldPart { frames, more },
-                })
+                Ok(NodeAnswer::HeldPart { part })
             }
             NodeOp::Inject { frames } => {
-                let frames: Vec<vswitch::api::WireFrame> = frames
-                    .iter()
-                    .map(|f| vswitch::api::WireFrame {
-                        frame: f.frame.clone(),
-                        vnet: f.vnet.clone(),
-                    })
-                    .collect();
-                let queued = path::switch_inject(&rec, &frames)
+                let queued = path::switch_inject(&rec, frames)
                     .map_err(|e| op_error(OpErrorKind::Failed, &e))?;
                 Ok(NodeAnswer::Injected { queued })
             }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use migration::live::{CarriedFrame, HeldPart};
 use serde::Serialize;
 use sriov::errors::{ErrorId, SeedError};
 use sriov::mac::MacAddr;
@@ -282,14 +283,23 @@ pub(super) fn switch_hold_on_stop(rec: &VmRecord, max: Duration) -> anyhow::Resu
 }
 
 /// Takes a part of the frames the switch holds for the VM (the hold ends with the
-/// last); returns them and whether more are held.
-pub(super) fn switch_take_held(rec: &VmRecord) -> anyhow::Result<(Vec<WireFrame>, bool)> {
+/// last).
+pub(super) fn switch_take_held(rec: &VmRecord) -> anyhow::Result<HeldPart> {
     let req = Request::HoldTake {
         port: rec.port.clone(),
         max_bytes: None,
     };
     match switch_request(&rec.switch_control, &req)? {
-        Response::HeldFrames { frames, more, .. } => Ok((frames, more)),
+        Response::HeldFrames { frames, more, .. } => Ok(HeldPart {
+            frames: frames
+                .into_iter()
+                .map(|f| CarriedFrame {
+                    frame: f.frame,
+                    vnet: f.vnet,
+                })
+                .collect(),
+            more,
+        }),
         other => bail!("the switch answered {other:?} to taking held frames"),
     }
 }
@@ -300,7 +310,7 @@ const INJECT_CHUNK: usize = 192 * 1024;
 
 /// Has the switch deliver `frames` to the VM, in order, in requests that fit its
 /// control line; returns how many it queued.
-pub(super) fn switch_inject(rec: &VmRecord, frames: &[WireFrame]) -> anyhow::Result<u64> {
+pub(super) fn switch_inject(rec: &VmRecord, frames: &[CarriedFrame]) -> anyhow::Result<u64> {
     let mut queued = 0;
     let mut rest = frames;
     while !rest.is_empty() {
@@ -317,7 +327,13 @@ pub(super) fn switch_inject(rec: &VmRecord, frames: &[WireFrame]) -> anyhow::Res
         let (part, next) = rest.split_at(n);
         let req = Request::Inject {
             port: rec.port.clone(),
-            frames: part.to_vec(),
+            frames: part
+                .iter()
+                .map(|f| WireFrame {
+                    frame: f.frame.clone(),
+                    vnet: f.vnet.clone(),
+                })
+                .collect(),
         };
         match switch_request(&rec.switch_control, &req)? {
             Response::Injected {

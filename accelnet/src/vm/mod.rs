@@ -1178,22 +1178,24 @@ pub(super) enum PortFound {
 /// Adds `rec`'s port again to a switch that lost it (restarted: ports added at
 /// run time are not in its command line); the VMM reconnects to the socket.
 pub(super) fn restore_switch_port(rec: &VmRecord) -> anyhow::Result<PortFound> {
-    let ports = match switch_request(&rec.switch_control, &Request::Ports {})? {
-        Response::Ports { ports } => ports,
-        other => bail!("the switch answered {other:?} to a port list"),
-    };
-    if let Some(p) = ports.iter().find(|p| p.name == rec.port) {
-        return Ok(PortFound::Present {
-            connected: p.connected,
-        });
+    if let Some(found) = present_port(rec)? {
+        return Ok(found);
     }
     let mac: MacAddr = rec.spec.nic.mac.parse()?;
-    switch_request(
+    let added = switch_request(
         &rec.switch_control,
         &Request::PortAdd {
             port: port_config(rec, mac),
         },
-    )?;
+    );
+    if let Err(e) = added {
+        // The node agent and a drill both restore ports: the other may have been
+        // first.
+        return match present_port(rec)? {
+            Some(found) => Ok(found),
+            None => Err(e),
+        };
+    }
     log::info!(
         "VM {}: port {} added again to the switch at {}",
         rec.name(),
@@ -1201,6 +1203,20 @@ pub(super) fn restore_switch_port(rec: &VmRecord) -> anyhow::Result<PortFound> {
         rec.switch_control.display()
     );
     Ok(PortFound::Restored)
+}
+
+/// The VM's port if the switch has it.
+fn present_port(rec: &VmRecord) -> anyhow::Result<Option<PortFound>> {
+    let ports = match switch_request(&rec.switch_control, &Request::Ports {})? {
+        Response::Ports { ports } => ports,
+        other => bail!("the switch answered {other:?} to a port list"),
+    };
+    Ok(ports
+        .iter()
+        .find(|p| p.name == rec.port)
+        .map(|p| PortFound::Present {
+            connected: p.connected,
+        }))
 }
 
 #[cfg(test)]

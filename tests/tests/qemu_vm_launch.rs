@@ -946,24 +946,7 @@ fn migrate_there_and_back(c: &MigrateCtx<'_>) {
     drop(lock);
     // The destination's QEMU dies once the source has let go of its direct path:
     // the migration fails, is rolled back, and vm1 goes on running on A.
-    let mut argv: Vec<String> = vec![
-        "netns".into(),
-        "exec".into(),
-        c.a.ns.into(),
-        c.bin.to_string_lossy().into_owned(),
-        "vm".into(),
-        "migrate".into(),
-        "vm1".into(),
-        "--to".into(),
-        b_sock.clone(),
-    ];
-    argv.extend(c.a.common.iter().map(|s| s.to_string()));
-    let child = std::process::Command::new("ip")
-        .args(&argv)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let child = spawn_migrate_to_b(c, &b_sock);
     let deadline = Instant::now() + Duration::from_secs(60);
     let victim = loop {
         let b = c.record(&c.b);
@@ -993,27 +976,7 @@ fn migrate_there_and_back(c: &MigrateCtx<'_>) {
         "destination QEMU {victim} killed mid-migration: {}",
         text.lines().last().unwrap_or("")
     ));
-    let ping = c
-        .wire
-        .ping(GUEST_IP, 5, 10)
-        .unwrap_or_else(|e| panic!("after the destination died: {e}"));
-    assert!(ping.received >= 4, "{ping:?}");
-    let b = c.record(&c.b);
-    assert!(
-        b.as_ref()
-            .is_none_or(|r| r["phase"] != "running" && r["phase"] != "incoming"),
-        "{b:?}"
-    );
-    let rec = c.record(&c.a).unwrap_or_else(|| panic!("vm1 gone from A"));
-    assert_eq!(rec["phase"], "running", "{rec}");
-    if rec["direct"] == "detached" {
-        // The rollback re-plugs the source's direct path but keeps the VM on the
-        // synthetic path when the guest does not use the primary within the
-        // settle time (no traffic here to answer): running, with network.
-        assert!(text.contains("source direct path re-plugged"), "{text}");
-        let (st, out) = c.vm(&c.a, &["enable", "vm1"]);
-        assert_eq!(st, 0, "{out}");
-    }
+    assert_rolled_back_to_a(c, &text, "after the destination died");
     cancelled_migration(c, &b_sock);
     // Each refusal left vm1 as it was: running on A, on its direct path, B untouched.
     let rec = c.record(&c.a).unwrap_or_else(|| panic!("vm1 gone from A"));
@@ -1031,25 +994,7 @@ fn migrate_there_and_back(c: &MigrateCtx<'_>) {
 /// running on A with network; B keeps no VM and no port.
 fn cancelled_migration(c: &MigrateCtx<'_>, b_sock: &str) {
     use std::io::BufRead;
-    let mut argv: Vec<String> = vec![
-        "netns".into(),
-        "exec".into(),
-        c.a.ns.into(),
-        c.bin.to_string_lossy().into_owned(),
-        "vm".into(),
-        "migrate".into(),
-        "vm1".into(),
-        "--to".into(),
-        b_sock.to_string(),
-    ];
-    argv.extend(c.a.common.iter().map(|s| s.to_string()));
-    // `ip netns exec` execs accelnet: the child's pid is accelnet's.
-    let mut child = std::process::Command::new("ip")
-        .args(&argv)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = spawn_migrate_to_b(c, b_sock);
     let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -1103,10 +1048,45 @@ fn cancelled_migration(c: &MigrateCtx<'_>, b_sock: &str) {
         "migration cancelled mid-way: {}",
         text.lines().last().unwrap_or("")
     ));
+    assert_rolled_back_to_a(c, &text, "after the cancelled migration");
+    assert!(
+        !c.has_port(&c.b),
+        "the cancelled migration left a port on B"
+    );
+}
+
+/// `accelnet vm migrate vm1 --to B` on A, started in the background with its
+/// output piped. `ip netns exec` execs accelnet: the child's pid is accelnet's.
+fn spawn_migrate_to_b(c: &MigrateCtx<'_>, b_sock: &str) -> std::process::Child {
+    let mut argv: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        c.a.ns.into(),
+        c.bin.to_string_lossy().into_owned(),
+        "vm".into(),
+        "migrate".into(),
+        "vm1".into(),
+        "--to".into(),
+        b_sock.to_string(),
+    ];
+    argv.extend(c.a.common.iter().map(|s| s.to_string()));
+    std::process::Command::new("ip")
+        .args(&argv)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// After a rolled-back migration (`text`: its output): vm1 answers pings and runs
+/// on A, B runs no VM. The rollback re-plugs A's direct path but keeps the VM on
+/// the synthetic path when the guest does not use the primary within the settle
+/// time (no traffic here to answer): then `vm enable` puts it back.
+fn assert_rolled_back_to_a(c: &MigrateCtx<'_>, text: &str, when: &str) {
     let ping = c
         .wire
         .ping(GUEST_IP, 5, 10)
-        .unwrap_or_else(|e| panic!("after the cancelled migration: {e}"));
+        .unwrap_or_else(|e| panic!("{when}: {e}"));
     assert!(ping.received >= 4, "{ping:?}");
     let b = c.record(&c.b);
     assert!(
@@ -1114,15 +1094,9 @@ fn cancelled_migration(c: &MigrateCtx<'_>, b_sock: &str) {
             .is_none_or(|r| r["phase"] != "running" && r["phase"] != "incoming"),
         "{b:?}"
     );
-    assert!(
-        !c.has_port(&c.b),
-        "the cancelled migration left a port on B"
-    );
     let rec = c.record(&c.a).unwrap_or_else(|| panic!("vm1 gone from A"));
     assert_eq!(rec["phase"], "running", "{rec}");
     if rec["direct"] == "detached" {
-        // As after the destination died: re-plugged, but the guest did not use the
-        // primary within the settle time.
         assert!(text.contains("source direct path re-plugged"), "{text}");
         let (st, out) = c.vm(&c.a, &["enable", "vm1"]);
         assert_eq!(st, 0, "{out}");

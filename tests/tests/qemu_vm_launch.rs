@@ -1044,6 +1044,10 @@ fn cancelled_migration(c: &MigrateCtx<'_>, b_sock: &str) {
         "{text}"
     );
     assert!(text.contains("destination VMM stopped"), "{text}");
+    // The cancel reached QEMU over the migration's own QMP connection.
+    assert!(text.contains("  cancelling ..."), "{text}");
+    assert!(!text.contains("refused the cancel"), "{text}");
+    assert!(!text.contains("the cancel came too late"), "{text}");
     log(format!(
         "migration cancelled mid-way: {}",
         text.lines().last().unwrap_or("")

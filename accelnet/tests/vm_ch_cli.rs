@@ -250,6 +250,15 @@ impl Host {
         self.vm(&args, env)
     }
 
+    /// Launches the VM on the fake cloud-hypervisor (it must succeed): its pid, and
+    /// the guard that kills it should the test fail.
+    fn launch_fake_ch(&self, switch: &RunningSwitch) -> (u32, KillOnDrop) {
+        let o = self.launch(switch, &["--vmm-binary", fake_ch().to_str().unwrap()], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let pid = fake_pid(self, &self.row());
+        (pid, KillOnDrop(Some(pid)))
+    }
+
     /// `accelnet vm list --json`.
     fn list(&self) -> Vec<Value> {
         let o = self.vm(&["list", "--json"], &[]);
@@ -755,14 +764,7 @@ fn fake_ch_vm_migrate_between_two_nodes_and_back() {
     let switch_b = RunningSwitch::start(&b.dir);
     let agent_a = Agent::start(&a, "node-a", &switch_a.control, &[]);
     let agent_b = Agent::start(&b, "node-b", &switch_b.control, &[]);
-    let o = a.launch(
-        &switch_a,
-        &["--vmm-binary", fake_ch().to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let pid_a = fake_pid(&a, &a.row());
-    let _guard_a = KillOnDrop(Some(pid_a));
+    let (pid_a, _guard_a) = a.launch_fake_ch(&switch_a);
 
     let pid_b = migrate_and_check((&a, &switch_a, pid_a), (&b, &switch_b, &agent_b));
     let _guard_b = KillOnDrop(Some(pid_b));
@@ -793,15 +795,8 @@ fn fake_ch_vm_migrate_fails_when_the_destination_vmm_dies_and_the_vm_stays() {
         &switch_b.control,
         &[("FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT", "crash")],
     );
-    let o = a.launch(
-        &switch_a,
-        &["--vmm-binary", fake_ch().to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (pid, _guard) = a.launch_fake_ch(&switch_a);
     let before = a.row();
-    let pid = fake_pid(&a, &before);
-    let _guard = KillOnDrop(Some(pid));
     let config = a.vm_info()["config"].clone();
 
     let o = migrate(&a, &agent_b);
@@ -885,15 +880,8 @@ fn fake_ch_vm_migrate_to_a_node_whose_switch_is_down_is_refused_at_admit() {
     let switch_a = RunningSwitch::start(&a.dir);
     let down = b.dir.path("ctl.sock");
     let agent_b = Agent::start(&b, "node-b", &down, &[]);
-    let o = a.launch(
-        &switch_a,
-        &["--vmm-binary", fake_ch().to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (pid, _guard) = a.launch_fake_ch(&switch_a);
     let before = a.row();
-    let pid = fake_pid(&a, &before);
-    let _guard = KillOnDrop(Some(pid));
     let requests_before = a.endpoints().len();
 
     let o = migrate(&a, &agent_b);
@@ -948,14 +936,7 @@ fn fake_ch_vm_migrate_whose_destination_dies_after_the_switchover_runs_nowhere()
         &switch_b.control,
         &[("FAKE_CLOUD_HYPERVISOR_RECEIVE_FAULT", "crash-after")],
     );
-    let o = a.launch(
-        &switch_a,
-        &["--vmm-binary", fake_ch().to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let pid = fake_pid(&a, &a.row());
-    let _guard = KillOnDrop(Some(pid));
+    let (pid, _guard) = a.launch_fake_ch(&switch_a);
 
     let o = migrate(&a, &agent_b);
 

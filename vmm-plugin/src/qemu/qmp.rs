@@ -215,30 +215,6 @@ impl QmpClient {
             .map_err(ConnectError::NotYet)?;
         let (read, write) = stream.into_split();
         let mut reader = BufReader::new(read);
-        let mut line = String::new();
-        let n = match tokio::time::timeout(greeting_timeout, reader.read_line(&mut line)).await {
-            Err(_) => return Err(ConnectError::NoGreeting(greeting_timeout)),
-            Ok(Err(e)) => return Err(ConnectError::NotYet(e)),
-            Ok(Ok(n)) => n,
-        };
-        if n == 0 {
-            // QEMU accepted and closed at once: it is exiting or still setting up.
-            return Err(ConnectError::NotYet(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "closed before the QMP greeting",
-            )));
-        }
-        let greeting: Value = match serde_json::from_str::<Value>(line.trim()) {
-            Ok(v) if v.get("QMP").is_some() => v,
-            _ => {
-                let shown: String = line.trim().chars().take(80).collect();
-                return Err(ConnectError::Fatal(protocol(
-                    vm,
-                    path,
-                    format!("not a QMP socket (greeting {shown:?})"),
-                )));
-            }
-        };
         let (timed, _) = broadcast::channel(EVENT_CAPACITY);
         let shared = Arc::new(Shared {
             vm: vm.to_string(),
@@ -248,6 +224,28 @@ impl QmpClient {
             events,
             timed,
         });
+        let greeting =
+            match tokio::time::timeout(greeting_timeout, read_greeting(&mut reader, &shared)).await
+            {
+                Err(_) => return Err(ConnectError::NoGreeting(greeting_timeout)),
+                Ok(Err(GreetingError::Io(e))) => return Err(ConnectError::NotYet(e)),
+                Ok(Err(GreetingError::Closed)) => {
+                    // QEMU accepted and closed at once: it is exiting or still setting up.
+                    return Err(ConnectError::NotYet(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "closed before the QMP greeting",
+                    )));
+                }
+                Ok(Err(GreetingError::NotQmp(line))) => {
+                    let shown: String = line.chars().take(80).collect();
+                    return Err(ConnectError::Fatal(protocol(
+                        vm,
+                        path,
+                        format!("not a QMP socket (greeting {shown:?})"),
+                    )));
+                }
+                Ok(Ok(g)) => g,
+            };
         let task = tokio::spawn(read_loop(reader, shared.clone()));
         let client = QmpClient {
             shared,
@@ -387,6 +385,42 @@ fn protocol(vm: &str, path: &Path, message: String) -> VmmError {
         vmm: VmmKind::Qemu,
         path: path.to_path_buf(),
         message,
+    }
+}
+
+/// Why no greeting came.
+enum GreetingError {
+    Io(std::io::Error),
+    Closed,
+    NotQmp(String),
+}
+
+/// Reads up to QEMU's greeting. Events before it are handled as any event:
+/// QEMU 10 has been seen to write one (FAILOVER_NEGOTIATED, as an incoming
+/// migration completed) to a fresh connection ahead of its greeting.
+async fn read_greeting(
+    reader: &mut BufReader<OwnedReadHalf>,
+    shared: &Shared,
+) -> Result<Value, GreetingError> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader
+            .read_line(&mut line)
+            .await
+            .map_err(GreetingError::Io)?
+            == 0
+        {
+            return Err(GreetingError::Closed);
+        }
+        match serde_json::from_str::<Value>(line.trim()) {
+            Ok(v) if v.get("QMP").is_some() => return Ok(v),
+            Ok(v) if v.get("event").is_some_and(Value::is_string) => {
+                log::debug!("QMP {}: an event before the greeting", shared.vm);
+                handle_line(shared, line.trim());
+            }
+            _ => return Err(GreetingError::NotQmp(line.trim().to_string())),
+        }
     }
 }
 
@@ -640,6 +674,48 @@ mod tests {
             q.execute("x", None).await,
             Err(VmmError::Exited { .. })
         ));
+        server.await.unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// An event ahead of the greeting (seen from QEMU 10 after an incoming
+    /// migration) is delivered as an event; the connection goes on.
+    #[tokio::test]
+    async fn event_before_the_greeting_is_an_event() {
+        let path = sock("early-event");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            w.write_all(
+                b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"FAILOVER_NEGOTIATED\", \"data\": {\"device-id\": \"standby0\"}}\n\
+                  {\"QMP\": {\"version\": {}, \"capabilities\": []}}\n",
+            )
+            .await
+            .unwrap();
+            let mut r = BufReader::new(r);
+            let mut line = String::new();
+            while r.read_line(&mut line).await.unwrap() > 0 {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let reply = json!({"return": {}, "id": v["id"]});
+                w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                line.clear();
+            }
+        });
+        let (tx, mut rx) = broadcast::channel(16);
+        let q = QmpClient::connect("vm", &path, Duration::from_secs(5), tx)
+            .await
+            .unwrap();
+        assert!(q.greeting().get("QMP").is_some(), "{}", q.greeting());
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            VmEvent::FailoverNegotiated {
+                device: "standby0".into()
+            }
+        );
+        assert_eq!(q.garbage_lines(), 0);
+        q.execute("query-status", None).await.unwrap();
+        drop(q);
         server.await.unwrap();
         let _ = std::fs::remove_file(&path);
     }

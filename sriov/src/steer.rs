@@ -303,16 +303,12 @@ impl Steering {
         first.map_or(Ok(()), |e| Err(e.into()))
     }
 
-    /// Frames the guest has sent over the direct path so far, where the host can
-    /// count them (the stand-in tap's receive counter); `None` on a NIC.
-    pub fn direct_tx_frames(&self, class_net: &Path) -> Option<u64> {
+    /// The lab stand-in's tap, where the host can watch the guest's frames over
+    /// the direct path; `None` on a NIC.
+    pub fn standin_tap(&self) -> Option<&str> {
         match self {
             Steering::Vf { .. } => None,
-            Steering::Bridge { vf_port, .. } => {
-                read_trim(&class_net.join(vf_port).join("statistics/rx_packets"))
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-            }
+            Steering::Bridge { vf_port, .. } => Some(vf_port),
         }
     }
 }
@@ -448,10 +444,7 @@ mod tests {
         assert_eq!(flag("vf0tap/brport/learning"), "0");
         assert_eq!(flag("vf0tap/brport/unicast_flood"), "0");
         assert_eq!(flag("pf0/brport/learning"), "0");
-        assert_eq!(s.direct_tx_frames(d.path()), None);
-        std::fs::create_dir_all(d.path().join("vf0tap/statistics")).unwrap();
-        std::fs::write(d.path().join("vf0tap/statistics/rx_packets"), "42\n").unwrap();
-        assert_eq!(s.direct_tx_frames(d.path()), Some(42));
+        assert_eq!(s.standin_tap(), Some("vf0tap"));
         // A port that is not on a bridge: the error names the file.
         let bad = Steering::Bridge {
             bridge: "esw0".into(),
@@ -476,6 +469,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Steering>(&j).unwrap(), s);
         assert_eq!(s.to_string(), "VF 3 of eth1 (MAC 52:54:00:77:00:01)");
         assert_eq!(s.switch_uplink(), Some("eth1"));
+        assert_eq!(s.standin_tap(), None);
         assert_eq!(Route::Both.to_string(), "both");
         // A lab record written before the uplink was kept still reads.
         let old = r#"{"kind":"bridge","bridge":"esw0","vf_port":"t","pf_port":"p","mac":"52:54:00:77:00:01"}"#;

@@ -9,6 +9,7 @@
 pub mod agent;
 mod drain;
 pub mod drill;
+mod guest_frames;
 mod migrate;
 mod monitor;
 mod node;

@@ -29,6 +29,7 @@ use sriov::host::VfLinkState;
 use sriov::netlink::Netlink;
 use sriov::steer::Steering;
 
+use super::guest_frames::GuestFrames;
 use super::node::{LocalNode, NodeOp};
 use super::store::{
     now as epoch_now, DirectState, FailoverNote, FailoverStage, Listed, Phase, VmRecord, VmStore,
@@ -115,8 +116,9 @@ struct Watched {
     /// The record's direct state as the monitor last left it: a change it did
     /// not make means someone else moved the VM.
     direct: DirectState,
-    /// The direct path's frame counter before the monitor's last re-plug.
-    baseline: Option<u64>,
+    /// The watch on the guest's frames over the direct path, from the monitor's
+    /// last re-plug.
+    watch: Option<GuestFrames>,
 }
 
 /// The failover of every running accelerated VM of this node.
@@ -234,7 +236,7 @@ impl Monitor {
                 machine,
                 health: Ok(()),
                 direct: rec.direct,
-                baseline: None,
+                watch: None,
             }
         });
         let mut actions = Vec::new();
@@ -313,20 +315,24 @@ impl Monitor {
     }
 }
 
-/// Whether the guest sent over its direct path since the monitor's re-plug (the
-/// stand-in tap's counter passed its baseline; a NIC's VF cannot be counted yet,
-/// so its re-plug is taken as used).
-fn guest_seen(rec: &VmRecord, w: &Watched) -> bool {
+/// Whether the guest sent over its direct path since the monitor's re-plug (a
+/// frame of its own on the stand-in's tap; a NIC's VF cannot be watched, so its
+/// re-plug is taken as used).
+fn guest_seen(rec: &VmRecord, w: &mut Watched) -> bool {
     let Some(s) = &rec.steering else {
         return false;
     };
-    match (
-        s.direct_tx_frames(Path::new(super::path::CLASS_NET)),
-        w.baseline,
-    ) {
-        (Some(n), Some(before)) => n > before,
-        (Some(_), None) => false,
-        (None, _) => true,
+    if s.standin_tap().is_none() {
+        return true;
+    }
+    match w.watch.as_mut().map(GuestFrames::seen) {
+        Some(Ok(n)) => n > 0,
+        Some(Err(e)) => {
+            log::warn!("VM {}: {e}", rec.name());
+            w.watch = None;
+            false
+        }
+        None => false,
     }
 }
 
@@ -427,10 +433,10 @@ async fn act(
             exec(NodeOp::Route { route: Route::Both }).await?;
         }
         Action::ReplugPrimary => {
-            w.baseline = rec
+            w.watch = rec
                 .steering
                 .as_ref()
-                .and_then(|s| s.direct_tx_frames(Path::new(super::path::CLASS_NET)));
+                .and_then(|s| super::path::watch_guest(rec.name(), s));
             exec(NodeOp::PlugDirect).await?;
         }
         Action::Route {

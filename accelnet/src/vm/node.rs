@@ -23,7 +23,8 @@ use vmm_plugin::qemu::{QemuOptions, QemuVm};
 use vmm_plugin::{VmState, Vmm, VmmError, VmmKind};
 
 use super::agent::{self, AgentRequest, AgentResponse, IncomingVm};
-use super::path::{self, CLASS_NET};
+use super::guest_frames::GuestFrames;
+use super::path;
 use super::store::{DirectState, Phase, VmRecord, VmStore};
 use super::{release_vf, remove_switch_port, vmm_for, Paths};
 
@@ -151,8 +152,9 @@ fn op_error(kind: OpErrorKind, e: &anyhow::Error) -> OpError {
 #[derive(Debug)]
 pub struct LocalNode {
     pub(super) paths: Paths,
-    /// The direct path's frame counter when it was plugged, per VM.
-    baselines: Mutex<HashMap<String, Option<u64>>>,
+    /// The watch on the guest's frames over the direct path, opened as it was
+    /// plugged, per VM.
+    watches: Mutex<HashMap<String, GuestFrames>>,
 }
 
 impl LocalNode {
@@ -160,7 +162,7 @@ impl LocalNode {
     pub(super) fn new(paths: Paths) -> LocalNode {
         LocalNode {
             paths,
-            baselines: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
         }
     }
 
@@ -248,14 +250,21 @@ impl LocalNode {
                     )));
                 };
                 let vmm = Self::vmm(&rec).await?;
-                let before = rec
+                // Opened before the plug: the guest's first frame may come at once.
+                let watch = rec
                     .steering
                     .as_ref()
-                    .and_then(|s| s.direct_tx_frames(Path::new(CLASS_NET)));
-                self.baselines
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(name.to_string(), before);
+                    .and_then(|s| path::watch_guest(name, s));
+                {
+                    let mut watches = self
+                        .watches
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    watches.remove(name);
+                    if let Some(w) = watch {
+                        watches.insert(name.to_string(), w);
+                    }
+                }
                 vmm.attach_direct(&direct)
                     .await
                     .map_err(|e| vmm_op_error(&e))?;
@@ -335,29 +344,27 @@ impl LocalNode {
                 Ok(NodeAnswer::Done)
             }
             NodeOp::WaitGuest { settle_ms } => {
-                let class_net = Path::new(CLASS_NET);
                 let Some(s) = rec.steering.as_ref() else {
                     return Err(OpError::unavailable(format!(
                         "VM {name} has no direct path here"
                     )));
                 };
                 let remembered = self
-                    .baselines
+                    .watches
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(name)
-                    .flatten();
-                let Some(before) = remembered.or_else(|| s.direct_tx_frames(class_net)) else {
-                    // A NIC's VF: no per-VF counters read yet (IFLA_VF_STATS), so the
-                    // guest's use cannot be seen; the VMM plugged it and the guest
-                    // pairs it by MAC.
+                    .remove(name);
+                let Some(mut watch) = remembered.or_else(|| path::watch_guest(name, s)) else {
+                    // A NIC's VF: its frames never cross the host and its counters
+                    // (IFLA_VF_STATS) are not read yet, so the guest's use cannot
+                    // be seen; the VMM plugged it and the guest pairs it by MAC.
                     log::warn!(
                         "VM {name}: cannot see the guest's frames over {s}; assuming it uses it"
                     );
                     return Ok(NodeAnswer::GuestSeen { seen: true });
                 };
                 let settle = Duration::from_millis(*settle_ms);
-                let seen = path::wait_guest_on_direct(s, before, settle).await;
+                let seen = path::wait_guest_on_direct(&mut watch, settle).await;
                 Ok(NodeAnswer::GuestSeen { seen })
             }
             NodeOp::ReleaseDirect => {

@@ -35,6 +35,7 @@ use vmm_plugin::{DirectPath, Vmm, VmmError, VmmKind};
 use vswitch::api::{PortKind, WireFrame};
 use vswitch::{Request, Response};
 
+use super::guest_frames::GuestFrames;
 use super::store::{DirectState, Phase, VmRecord, VmStore};
 use super::{
     allocate_vf, direct_label, open_pool, release_vf, switch_request, tier_queue_pairs,
@@ -386,21 +387,28 @@ pub(super) fn announce(rec: &VmRecord, on_attach: bool) -> anyhow::Result<Vec<St
     }
 }
 
-/// Waits up to `settle` for the guest's first frame over the direct path, i.e.
-/// for `steering`'s counter to pass `before`; returns whether it came.
-pub(super) async fn wait_guest_on_direct(
-    steering: &Steering,
-    before: u64,
-    settle: Duration,
-) -> bool {
-    let class_net = Path::new(CLASS_NET);
+/// Starts watching for the guest's frames over `steering`'s direct path (before
+/// plugging it); `None` where the host cannot see them (a NIC's VF, or the watch
+/// failed: logged).
+pub(super) fn watch_guest(vm: &str, steering: &Steering) -> Option<GuestFrames> {
+    let tap = steering.standin_tap()?;
+    GuestFrames::open(tap)
+        .map_err(|e| log::warn!("VM {vm}: cannot see the guest's frames over {tap}: {e}"))
+        .ok()
+}
+
+/// Waits up to `settle` for the guest's first own frame over the direct path
+/// (`watch`, opened before the plug); returns whether it came.
+pub(super) async fn wait_guest_on_direct(watch: &mut GuestFrames, settle: Duration) -> bool {
     let deadline = Instant::now() + settle;
     loop {
-        if steering
-            .direct_tx_frames(class_net)
-            .is_some_and(|n| n > before)
-        {
-            return true;
+        match watch.seen() {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("{e}");
+                return false;
+            }
         }
         if Instant::now() >= deadline {
             return false;
@@ -777,10 +785,9 @@ pub(super) async fn enable_one(
             }
         }
     };
-    let class_net = Path::new(CLASS_NET);
     let settle = Duration::from_secs(a.settle);
     let t0 = Instant::now();
-    let sent_before = steering.direct_tx_frames(class_net);
+    let mut watch = watch_guest(name, &steering);
     // 2. Where the host sees the guest's first frame over the primary, the switch
     //    holds what it would hand the standby from now on: once net_failover has
     //    registered the primary it drops the standby's frames, and the primary
@@ -788,7 +795,7 @@ pub(super) async fn enable_one(
     //    the uplink, so the embedded switch hands them to the primary.
     let uplink = steering
         .switch_uplink()
-        .filter(|_| sent_before.is_some())
+        .filter(|_| watch.is_some())
         .map(str::to_string);
     let holding = uplink.is_some() && hold(&rec, true, settle, None).is_some();
     let unhold = || {
@@ -818,8 +825,8 @@ pub(super) async fn enable_one(
     change.vmm_ms = Some(ms_since(t0));
     // 5. Wait until the guest sends over the primary: then its link is up and
     //    net_failover uses it; pin the MAC there.
-    if let Some(before) = sent_before {
-        if wait_guest_on_direct(&steering, before, settle).await {
+    if let Some(watch) = watch.as_mut() {
+        if wait_guest_on_direct(watch, settle).await {
             change.guest_on_direct_ms = Some(ms_since(t0));
         } else {
             change.notes.push(format!(

@@ -534,7 +534,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
                     if let Err(e) =
                         stop(&store, &args.paths, name, Duration::from_secs(a.grace)).await
                     {
-                        eprintln!("accelnet: VM {name}: {e:#}");
+                        eprintln!("accelnet: {}", vm_error(name, &e));
                         failed.push(name.as_str());
                     }
                 }
@@ -1220,9 +1220,30 @@ fn present_port(rec: &VmRecord) -> anyhow::Result<Option<PortFound>> {
         }))
 }
 
+/// `e` as a line about VM `name`: prefixed with its name unless it names it
+/// already ("VM vm1 is busy: ...").
+pub(super) fn vm_error(name: &str, e: &anyhow::Error) -> String {
+    let e = format!("{e:#}");
+    if e.starts_with(&format!("VM {name} ")) || e.starts_with(&format!("VM {name}:")) {
+        e
+    } else {
+        format!("VM {name}: {e}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_vm_error_names_the_vm_once() {
+        let busy = anyhow::anyhow!("VM vm1 is busy: a migration (pid 1) is in progress");
+        assert_eq!(vm_error("vm1", &busy), busy.to_string());
+        let other = anyhow::anyhow!("VM vm10 is busy: x");
+        assert_eq!(vm_error("vm1", &other), "VM vm1: VM vm10 is busy: x");
+        let plain = anyhow::anyhow!("no such VM").context("cannot stop");
+        assert_eq!(vm_error("vm1", &plain), "VM vm1: cannot stop: no such VM");
+    }
 
     #[test]
     fn test_sizes() {

@@ -39,7 +39,7 @@ use super::guest_frames::GuestFrames;
 use super::store::{DirectState, Phase, VmRecord, VmStore};
 use super::{
     allocate_vf, direct_label, open_pool, release_vf, switch_request, tier_queue_pairs,
-    vf_queue_pairs, vmm_for, ModelArg, OpLock, Paths, TierArg,
+    vf_queue_pairs, vm_error, vmm_for, ModelArg, OpLock, Paths, TierArg,
 };
 use crate::sriov_cmd::{json, print};
 
@@ -532,7 +532,7 @@ impl Outcomes {
                 self.done.push(c);
             }
             Err(e) => {
-                eprintln!("accelnet: VM {name}: {e:#}");
+                eprintln!("accelnet: {}", vm_error(name, &e));
                 self.failed.push(name.to_string());
             }
         }
@@ -924,7 +924,7 @@ pub(super) fn set(store: &VmStore, paths: &Paths, a: &SetArgs) -> anyhow::Result
         match res {
             Ok(s) => print(&s)?,
             Err(e) => {
-                eprintln!("accelnet: VM {name}: {e:#}");
+                eprintln!("accelnet: {}", vm_error(name, &e));
                 failed.push(name.as_str());
             }
         }

@@ -32,9 +32,11 @@
 //! 6. **Plug** (destination): hold, MAC to both paths ([`Route::Both`]), plug the
 //!    reserved direct path, wait (up to the settle time) for evidence that the guest
 //!    sends over it ([`VfOps::wait_guest_traffic`]), then pin the MAC to it
-//!    ([`Route::Direct`]) and release the hold. Without the evidence the direct path
-//!    is unplugged again and released: the VM stays on the synthetic path at the
-//!    destination (a warning, not a rollback).
+//!    ([`Route::Direct`]) and release the hold. Where the guest sent over the
+//!    synthetic path instead ([`GuestUse::SyntheticOnly`]), the direct path is
+//!    unplugged again and released: the VM stays on the synthetic path at the
+//!    destination (a warning, not a rollback). An idle guest, nothing over either
+//!    path ([`GuestUse::Silent`]), keeps the direct path, unverified (a warning).
 //! 7. **Release** (source): stop the source VMM, release the source VF, remove the
 //!    source switch port. Failures are warnings.
 //!
@@ -230,6 +232,21 @@ impl fmt::Display for Route {
             Route::Both => "both",
         })
     }
+}
+
+/// What the host saw of the guest while it waited for it on a just-plugged
+/// direct path ([`VfOps::wait_guest_traffic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestUse {
+    /// A frame of the guest's own over the direct path: it uses it.
+    Direct,
+    /// Frames over the synthetic path only: the guest is up but does not use the
+    /// primary (`net_failover` sends over the primary whenever its link is up).
+    SyntheticOnly,
+    /// Nothing over either path: an idle guest, which gives no evidence either
+    /// way; it is left on the direct path, as `vm enable` does.
+    Silent,
 }
 
 /// Which of its two paths carries a VM's traffic.
@@ -443,8 +460,9 @@ pub trait VfOps: Send + Sync {
     async fn route(&self, vm: &VmNet, route: Route) -> Result<(), OpError>;
 
     /// Waits up to `settle` for evidence that the guest sends over the direct path
-    /// (e.g. the VF's or stand-in tap's counters move); `Ok(false)` when none came.
-    async fn wait_guest_traffic(&self, vm: &VmNet, settle: Duration) -> Result<bool, OpError>;
+    /// (a frame of its own on it); without it, says whether the guest sent over
+    /// the synthetic path meanwhile.
+    async fn wait_guest_traffic(&self, vm: &VmNet, settle: Duration) -> Result<GuestUse, OpError>;
 
     /// Gives the VM's direct path back to the pool (reset, MAC cleared).
     async fn release(&self, vm: &VmNet) -> Result<(), OpError>;
@@ -908,7 +926,7 @@ enum Plugged {
     /// The guest uses the direct path.
     Direct,
     /// The direct path is plugged but the guest was not seen using it; the MAC
-    /// follows it anyway (it could not be unplugged again).
+    /// follows it anyway (an idle guest, or it could not be unplugged again).
     DirectUnverified(String),
     /// The VM is on the synthetic path (the direct path is not plugged).
     Synthetic(String),
@@ -1318,20 +1336,26 @@ impl<'m, 'a> Run<'m, 'a> {
                 .back_to_synthetic(host, format!("plugging {} failed: {e}", grant.label))
                 .await;
         }
+        let settle = self.m.options.settle.as_secs_f64();
         let why = match host.vf.wait_guest_traffic(vm, self.m.options.settle).await {
-            Ok(true) => {
+            Ok(seen @ (GuestUse::Direct | GuestUse::Silent)) => {
                 if let Err(e) = host.vf.route(vm, Route::Direct).await {
                     self.warn(format!(
                         "the guest uses {} but the MAC could not be pinned to it: {e}",
                         grant.label
                     ));
                 }
+                if seen == GuestUse::Silent {
+                    return Plugged::DirectUnverified(format!(
+                        "the guest sent nothing over either path within {settle:.1} s (idle); the MAC follows {}",
+                        grant.label
+                    ));
+                }
                 return Plugged::Direct;
             }
-            Ok(false) => format!(
-                "the guest sent nothing over {} within {:.1} s",
-                grant.label,
-                self.m.options.settle.as_secs_f64()
+            Ok(GuestUse::SyntheticOnly) => format!(
+                "the guest sent over the synthetic path only, nothing over {} within {settle:.1} s",
+                grant.label
             ),
             Err(e) => format!("cannot tell whether the guest uses {}: {e}", grant.label),
         };

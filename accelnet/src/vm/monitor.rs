@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 use migration::failover::{
     Action, FailoverConfig, FailoverMonitor, FailoverState, Loss, Observation, ResumeAt,
 };
-use migration::live::{PathKind, Route};
+use migration::live::{GuestUse, PathKind, Route};
 use sriov::host::VfLinkState;
 use sriov::netlink::Netlink;
 use sriov::steer::Steering;
 
-use super::guest_frames::GuestFrames;
 use super::node::{LocalNode, NodeOp};
+use super::path::GuestWatch;
 use super::store::{
     now as epoch_now, DirectState, FailoverNote, FailoverStage, Listed, Phase, VmRecord, VmStore,
 };
@@ -116,9 +116,8 @@ struct Watched {
     /// The record's direct state as the monitor last left it: a change it did
     /// not make means someone else moved the VM.
     direct: DirectState,
-    /// The watch on the guest's frames over the direct path, from the monitor's
-    /// last re-plug.
-    watch: Option<GuestFrames>,
+    /// The watch on the guest over both paths, from the monitor's last re-plug.
+    watch: Option<GuestWatch>,
 }
 
 /// The failover of every running accelerated VM of this node.
@@ -275,8 +274,20 @@ impl Monitor {
             w.health = health;
             actions.extend(w.machine.observe(now, obs));
         }
-        if matches!(w.machine.state(), FailoverState::Recovering { .. }) && guest_seen(&rec, w) {
-            actions.extend(w.machine.observe(now, Observation::GuestOnPrimary));
+        if let FailoverState::Recovering { since, .. } = *w.machine.state() {
+            // The last look before the machine's verify timeout: an idle guest
+            // (nothing over either path) keeps the primary, as `vm enable` does.
+            let waited = now.saturating_duration_since(since);
+            let verify = self.config.failover.verify_timeout;
+            if waited >= verify / 2 {
+                if let Some(watch) = w.watch.as_mut() {
+                    watch.halfway();
+                }
+            }
+            let last_look = waited + 2 * self.config.interval >= verify;
+            if guest_seen(&rec, w, last_look) {
+                actions.extend(w.machine.observe(now, Observation::GuestOnPrimary));
+            }
         }
         actions.extend(w.machine.observe(now, Observation::Tick));
 
@@ -315,24 +326,35 @@ impl Monitor {
     }
 }
 
-/// Whether the guest sent over its direct path since the monitor's re-plug (a
-/// frame of its own on the stand-in's tap; a NIC's VF cannot be watched, so its
-/// re-plug is taken as used).
-fn guest_seen(rec: &VmRecord, w: &mut Watched) -> bool {
+/// Whether the guest uses its direct path since the monitor's re-plug: a frame
+/// of its own on the stand-in's tap or, at the `last_look`, nothing from it over
+/// either path (an idle guest). A NIC's VF cannot be watched, so its re-plug is
+/// taken as used.
+fn guest_seen(rec: &VmRecord, w: &mut Watched, last_look: bool) -> bool {
     let Some(s) = &rec.steering else {
         return false;
     };
     if s.standin_tap().is_none() {
         return true;
     }
-    match w.watch.as_mut().map(GuestFrames::seen) {
-        Some(Ok(n)) => n > 0,
-        Some(Err(e)) => {
+    let Some(watch) = w.watch.as_mut() else {
+        return false;
+    };
+    match watch.on_direct() {
+        Ok(true) => true,
+        Ok(false) if last_look && watch.without_direct() == GuestUse::Silent => {
+            log::info!(
+                "VM {}: the guest sent nothing over either path since the re-plug (idle); it keeps the primary",
+                rec.name()
+            );
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
             log::warn!("VM {}: {e}", rec.name());
             w.watch = None;
             false
         }
-        None => false,
     }
 }
 
@@ -436,7 +458,7 @@ async fn act(
             w.watch = rec
                 .steering
                 .as_ref()
-                .and_then(|s| super::path::watch_guest(rec.name(), s));
+                .and_then(|s| super::path::watch_guest(rec, s));
             exec(NodeOp::PlugDirect).await?;
         }
         Action::Route {
@@ -452,6 +474,13 @@ async fn act(
             .await?;
         }
         Action::PrimaryLink { up } => {
+            if *up {
+                // A move back by the primary's link: watched as a re-plug.
+                w.watch = rec
+                    .steering
+                    .as_ref()
+                    .and_then(|s| super::path::watch_guest(rec, s));
+            }
             exec(NodeOp::PrimaryLink { up: *up }).await?;
         }
         Action::GiveUp { reason } => {

@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use migration::live::{
-    CancelToken, CarriedFrame, DirectGrant, HeldPart, IncomingEndpoint, MigrationProgress,
-    MigrationStats, OpError, OpErrorKind, PathKind, ProgressFn, Route, SwitchOps, VfOps, VmNet,
-    VmmOps,
+    CancelToken, CarriedFrame, DirectGrant, GuestUse, HeldPart, IncomingEndpoint,
+    MigrationProgress, MigrationStats, OpError, OpErrorKind, PathKind, ProgressFn, Route,
+    SwitchOps, VfOps, VmNet, VmmOps,
 };
 use serde::{Deserialize, Serialize};
 use sriov::steer::Route as SteerRoute;
@@ -23,8 +23,7 @@ use vmm_plugin::qemu::{QemuOptions, QemuVm};
 use vmm_plugin::{VmState, Vmm, VmmError, VmmKind};
 
 use super::agent::{self, AgentRequest, AgentResponse, IncomingVm};
-use super::guest_frames::GuestFrames;
-use super::path;
+use super::path::{self, GuestWatch};
 use super::store::{DirectState, Phase, VmRecord, VmStore};
 use super::{release_vf, remove_switch_port, vmm_for, Paths};
 
@@ -112,8 +111,8 @@ pub enum NodeAnswer {
     },
     /// [`NodeOp::WaitGuest`].
     GuestSeen {
-        /// The guest sent over the direct path.
-        seen: bool,
+        /// What the guest sent over which path.
+        guest: GuestUse,
     },
     /// [`NodeOp::ReleaseHold`].
     Released {
@@ -154,7 +153,7 @@ pub struct LocalNode {
     pub(super) paths: Paths,
     /// The watch on the guest's frames over the direct path, opened as it was
     /// plugged, per VM.
-    watches: Mutex<HashMap<String, GuestFrames>>,
+    watches: Mutex<HashMap<String, GuestWatch>>,
 }
 
 impl LocalNode {
@@ -254,7 +253,7 @@ impl LocalNode {
                 let watch = rec
                     .steering
                     .as_ref()
-                    .and_then(|s| path::watch_guest(name, s));
+                    .and_then(|s| path::watch_guest(&rec, s));
                 {
                     let mut watches = self
                         .watches
@@ -354,18 +353,20 @@ impl LocalNode {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(name);
-                let Some(mut watch) = remembered.or_else(|| path::watch_guest(name, s)) else {
+                let Some(mut watch) = remembered.or_else(|| path::watch_guest(&rec, s)) else {
                     // A NIC's VF: its frames never cross the host and its counters
                     // (IFLA_VF_STATS) are not read yet, so the guest's use cannot
                     // be seen; the VMM plugged it and the guest pairs it by MAC.
                     log::warn!(
                         "VM {name}: cannot see the guest's frames over {s}; assuming it uses it"
                     );
-                    return Ok(NodeAnswer::GuestSeen { seen: true });
+                    return Ok(NodeAnswer::GuestSeen {
+                        guest: GuestUse::Direct,
+                    });
                 };
                 let settle = Duration::from_millis(*settle_ms);
-                let seen = path::wait_guest_on_direct(&mut watch, settle).await;
-                Ok(NodeAnswer::GuestSeen { seen })
+                let guest = path::wait_guest_on_direct(&mut watch, settle).await;
+                Ok(NodeAnswer::GuestSeen { guest })
             }
             NodeOp::ReleaseDirect => {
                 if let Some(vf) = &rec.vf {
@@ -726,13 +727,13 @@ impl VfOps for NodeHost<'_> {
         self.done(vm, NodeOp::Route { route }).await
     }
 
-    async fn wait_guest_traffic(&self, vm: &VmNet, settle: Duration) -> Result<bool, OpError> {
+    async fn wait_guest_traffic(&self, vm: &VmNet, settle: Duration) -> Result<GuestUse, OpError> {
         let settle_ms = u64::try_from(settle.as_millis()).unwrap_or(u64::MAX);
         match self
             .call(vm, NodeOp::WaitGuest { settle_ms }, settle)
             .await?
         {
-            NodeAnswer::GuestSeen { seen } => Ok(seen),
+            NodeAnswer::GuestSeen { guest } => Ok(guest),
             other => Err(OpError::failed(format!("unexpected answer {other:?}"))),
         }
     }

@@ -17,12 +17,12 @@
 //! plugged leaves it on the synthetic path with the VF returned; an unplug the
 //! guest never acknowledges leaves it on the direct path.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use migration::live::{CarriedFrame, HeldPart};
+use migration::live::{CarriedFrame, GuestUse, HeldPart};
 use serde::Serialize;
 use sriov::errors::{ErrorId, SeedError};
 use sriov::mac::MacAddr;
@@ -65,8 +65,9 @@ pub(super) struct EnableArgs {
     /// Model of the stand-in NIC.
     #[arg(long, value_enum, default_value = "e1000e", requires = "vf_standin")]
     standin_model: ModelArg,
-    /// Seconds to wait for the guest to use the new primary before pinning the MAC
-    /// to it anyway.
+    /// Seconds to wait for the guest to use the new primary. After that, an idle
+    /// guest (nothing over either path) gets the MAC pinned to it anyway; one
+    /// that sent over the synthetic path only has it unplugged again.
     #[arg(long, default_value_t = 10)]
     settle: u64,
     /// Print what was done as JSON.
@@ -387,31 +388,99 @@ pub(super) fn announce(rec: &VmRecord, on_attach: bool) -> anyhow::Result<Vec<St
     }
 }
 
-/// Starts watching for the guest's frames over `steering`'s direct path (before
-/// plugging it); `None` where the host cannot see them (a NIC's VF, or the watch
-/// failed: logged).
-pub(super) fn watch_guest(vm: &str, steering: &Steering) -> Option<GuestFrames> {
+/// What the host watches while a just-plugged primary waits for the guest: its
+/// own frames over the direct path, and its switch port's receive counter (its
+/// frames over the synthetic path), which tells an idle guest from one that does
+/// not use the primary. The synthetic path is looked at over the second half of
+/// the wait only: until the primary's link is up the guest rightly sends over
+/// the standby (replies, a migrated guest's announcements), and after that
+/// `net_failover` sends over the primary whenever it can.
+#[derive(Debug)]
+pub(super) struct GuestWatch {
+    direct: GuestFrames,
+    control: PathBuf,
+    port: String,
+    synthetic_before: Option<u64>,
+    halfway: bool,
+}
+
+impl GuestWatch {
+    /// Whether a frame of the guest's own came over the direct path.
+    pub(super) fn on_direct(&mut self) -> std::io::Result<bool> {
+        Ok(self.direct.seen()? > 0)
+    }
+
+    /// Halfway through the wait: the synthetic path counts from now (once).
+    pub(super) fn halfway(&mut self) {
+        if !self.halfway {
+            self.halfway = true;
+            self.synthetic_before = port_rx(&self.control, &self.port);
+        }
+    }
+
+    /// Nothing from the guest over the direct path, then: did it send over the
+    /// synthetic path since [`GuestWatch::halfway`]? Unknown (the switch did not
+    /// answer) counts as yes, which keeps the guest where it was seen working.
+    pub(super) fn without_direct(&self) -> GuestUse {
+        match (self.synthetic_before, port_rx(&self.control, &self.port)) {
+            (Some(before), Some(now)) if now == before => GuestUse::Silent,
+            _ => GuestUse::SyntheticOnly,
+        }
+    }
+}
+
+/// Frames the switch received from `port` (the guest's over the synthetic path).
+fn port_rx(control: &Path, port: &str) -> Option<u64> {
+    match switch_request(control, &Request::Stats {}) {
+        Ok(Response::Stats { ports }) => {
+            ports.iter().find(|p| p.name == port).map(|p| p.rx_packets)
+        }
+        _ => None,
+    }
+}
+
+/// Starts watching for the guest over `steering`'s direct path (before plugging
+/// it); `None` where the host cannot see its frames there (a NIC's VF, or the
+/// watch failed: logged).
+pub(super) fn watch_guest(rec: &VmRecord, steering: &Steering) -> Option<GuestWatch> {
     let tap = steering.standin_tap()?;
-    GuestFrames::open(tap)
-        .map_err(|e| log::warn!("VM {vm}: cannot see the guest's frames over {tap}: {e}"))
-        .ok()
+    let direct = GuestFrames::open(tap)
+        .map_err(|e| {
+            log::warn!(
+                "VM {}: cannot see the guest's frames over {tap}: {e}",
+                rec.name()
+            );
+        })
+        .ok()?;
+    Some(GuestWatch {
+        direct,
+        synthetic_before: port_rx(&rec.switch_control, &rec.port),
+        control: rec.switch_control.clone(),
+        port: rec.port.clone(),
+        halfway: false,
+    })
 }
 
 /// Waits up to `settle` for the guest's first own frame over the direct path
-/// (`watch`, opened before the plug); returns whether it came.
-pub(super) async fn wait_guest_on_direct(watch: &mut GuestFrames, settle: Duration) -> bool {
+/// (`watch`, opened before the plug); without one, whether it sent over the
+/// synthetic path in the second half of the wait.
+pub(super) async fn wait_guest_on_direct(watch: &mut GuestWatch, settle: Duration) -> GuestUse {
+    let halfway = Instant::now() + settle / 2;
     let deadline = Instant::now() + settle;
     loop {
-        match watch.seen() {
-            Ok(n) if n > 0 => return true,
-            Ok(_) => {}
+        if Instant::now() >= halfway {
+            watch.halfway();
+        }
+        match watch.on_direct() {
+            Ok(true) => return GuestUse::Direct,
+            Ok(false) => {}
             Err(e) => {
                 log::warn!("{e}");
-                return false;
+                return GuestUse::SyntheticOnly;
             }
         }
         if Instant::now() >= deadline {
-            return false;
+            return watch.without_direct();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -550,6 +619,10 @@ impl Outcomes {
         }
     }
 }
+
+/// How long `vm enable` waits for the guest to let go of a primary it does not
+/// use, when it unplugs it again.
+const UNPLUG_TIMEOUT_S: u64 = 20;
 
 /// `accelnet vm disable`.
 pub(super) async fn disable(store: &VmStore, paths: &Paths, a: &DisableArgs) -> anyhow::Result<()> {
@@ -787,7 +860,7 @@ pub(super) async fn enable_one(
     };
     let settle = Duration::from_secs(a.settle);
     let t0 = Instant::now();
-    let mut watch = watch_guest(name, &steering);
+    let mut watch = watch_guest(&rec, &steering);
     // 2. Where the host sees the guest's first frame over the primary, the switch
     //    holds what it would hand the standby from now on: once net_failover has
     //    registered the primary it drops the standby's frames, and the primary
@@ -826,13 +899,34 @@ pub(super) async fn enable_one(
     // 5. Wait until the guest sends over the primary: then its link is up and
     //    net_failover uses it; pin the MAC there.
     if let Some(watch) = watch.as_mut() {
-        if wait_guest_on_direct(watch, settle).await {
-            change.guest_on_direct_ms = Some(ms_since(t0));
-        } else {
-            change.notes.push(format!(
-                "the guest sent nothing over the primary within {} s; the MAC is pinned to it anyway",
+        match wait_guest_on_direct(watch, settle).await {
+            GuestUse::Direct => change.guest_on_direct_ms = Some(ms_since(t0)),
+            GuestUse::Silent => change.notes.push(format!(
+                "the guest sent nothing over either path within {} s (idle); the MAC is pinned to the primary",
                 a.settle
-            ));
+            )),
+            GuestUse::SyntheticOnly => {
+                // It works over the standby but not the primary (no driver for it
+                // in the guest?): pinning would cut it off. Unplug it again.
+                let why = format!(
+                    "the guest sent over the synthetic path only, nothing over the primary within {} s",
+                    a.settle
+                );
+                match vmm.detach_direct(Duration::from_secs(UNPLUG_TIMEOUT_S)).await {
+                    Ok(()) => {
+                        if let Err(e) = route(Some(&steering), Route::Synthetic) {
+                            log::warn!("VM {name}: cannot steer back to the synthetic path: {e:#}");
+                        }
+                        unhold();
+                        give_back(paths);
+                        bail!("{why}; it was unplugged again, VM {name} stays on the synthetic path");
+                    }
+                    Err(e) => change.notes.push(format!(
+                        "{why}, and it could not be unplugged again ({}); the MAC is pinned to it",
+                        seed(e)
+                    )),
+                }
+            }
         }
     }
     let pinned = route(Some(&steering), Route::Direct);

@@ -50,7 +50,7 @@ struct FakeHost {
     /// Calls (as logged, without the side) that fail, and how.
     fail: Mutex<HashMap<String, OpError>>,
     attached: Mutex<bool>,
-    guest_traffic: Mutex<bool>,
+    guest_traffic: Mutex<GuestUse>,
     migrate: Mutex<MigrateMode>,
     cancelled: tokio::sync::Notify,
     /// Parts taken out of the held frames so far.
@@ -70,7 +70,7 @@ impl FakeHost {
             clock: clock.clone(),
             fail: Mutex::new(HashMap::new()),
             attached: Mutex::new(attached),
-            guest_traffic: Mutex::new(true),
+            guest_traffic: Mutex::new(GuestUse::Direct),
             migrate: Mutex::new(MigrateMode::Complete),
             cancelled: tokio::sync::Notify::new(),
             taken: Mutex::new(0),
@@ -186,7 +186,7 @@ impl VfOps for FakeHost {
         self.call(format!("vf.route {route}"))
     }
 
-    async fn wait_guest_traffic(&self, _vm: &VmNet, settle: Duration) -> Result<bool, OpError> {
+    async fn wait_guest_traffic(&self, _vm: &VmNet, settle: Duration) -> Result<GuestUse, OpError> {
         self.call(format!("vf.wait_guest_traffic {}s", settle.as_secs()))?;
         Ok(*self.guest_traffic.lock().unwrap())
     }
@@ -883,7 +883,7 @@ async fn destination_plug_failure_leaves_the_vm_on_the_synthetic_path() {
 #[tokio::test]
 async fn guest_not_using_the_destination_primary_goes_back_to_synthetic() {
     let w = World::new(true);
-    *w.dst.guest_traffic.lock().unwrap() = false;
+    *w.dst.guest_traffic.lock().unwrap() = GuestUse::SyntheticOnly;
     let report = w.run(&plan(true, true)).await.expect("migrates");
     assert_eq!(
         w.log_from("dst.vmm.plug_direct vf:dst-0000:3b:02.1"),
@@ -902,14 +902,40 @@ async fn guest_not_using_the_destination_primary_goes_back_to_synthetic() {
     assert_eq!(report.final_state.path(), Some(PathKind::Synthetic));
     assert_eq!(
         report.warnings,
-        vec!["the VM stays on the synthetic path at the destination hostB: the guest sent nothing over VF dst-0000:3b:02.1 within 10.0 s"]
+        vec!["the VM stays on the synthetic path at the destination hostB: the guest sent over the synthetic path only, nothing over VF dst-0000:3b:02.1 within 10.0 s"]
     );
+}
+
+/// An idle guest (nothing over either path while the host waited) stays on its
+/// new primary, unverified, with a warning: no evidence it cannot use it.
+#[tokio::test]
+async fn idle_guest_keeps_the_destination_primary_unverified() {
+    let w = World::new(true);
+    *w.dst.guest_traffic.lock().unwrap() = GuestUse::Silent;
+    let report = w.run(&plan(true, true)).await.expect("migrates");
+    assert_eq!(
+        w.log_from("dst.vmm.plug_direct vf:dst-0000:3b:02.1")[..4],
+        strs(&[
+            "dst.vmm.plug_direct vf:dst-0000:3b:02.1",
+            "dst.vf.wait_guest_traffic 10s",
+            "dst.vf.route direct",
+            "dst.switch.release_hold direct",
+        ])
+    );
+    assert!(!w.log().contains(&"dst.vmm.unplug_direct 20s".to_string()));
+    assert!(!w.log().contains(&"dst.vf.release".to_string()));
+    assert_eq!(report.final_state.path(), Some(PathKind::Direct));
+    assert_eq!(
+        report.warnings,
+        vec!["the direct path at the destination hostB is not verified: the guest sent nothing over either path within 10.0 s (idle); the MAC follows VF dst-0000:3b:02.1"]
+    );
+    assert_eq!(report.steps[5].outcome, StepOutcome::Warning);
 }
 
 #[tokio::test]
 async fn unverified_primary_that_cannot_be_unplugged_keeps_the_mac() {
     let w = World::new(true);
-    *w.dst.guest_traffic.lock().unwrap() = false;
+    *w.dst.guest_traffic.lock().unwrap() = GuestUse::SyntheticOnly;
     w.dst.fail(
         "vmm.unplug_direct 20s",
         OpError::timeout("no DEVICE_DELETED"),

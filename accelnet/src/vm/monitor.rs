@@ -54,6 +54,53 @@ pub(super) struct MonitorConfig {
     pub unplug_timeout: Duration,
 }
 
+/// rtnetlink's link notifications of this network namespace: a link going down
+/// or away wakes the monitor at once instead of at its next look (which stays:
+/// not every loss is a link message, e.g. a tap leaving the bridge is).
+#[derive(Debug)]
+struct LinkEvents {
+    socket: tokio::io::unix::AsyncFd<netlink_sys::Socket>,
+}
+
+impl LinkEvents {
+    fn open() -> std::io::Result<LinkEvents> {
+        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.add_membership(libc::RTNLGRP_LINK)?;
+        socket.set_non_blocking(true)?;
+        // SAFETY: the socket owns its descriptor, closes it only when dropped (with
+        // the AsyncFd) and always returns that same one from as_raw_fd.
+        let socket = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
+        Ok(LinkEvents { socket })
+    }
+
+    /// Waits for a link message, then takes every one queued: one wake-up per
+    /// burst. An overrun (ENOBUFS) is a change too.
+    async fn changed(&self) -> std::io::Result<()> {
+        let mut woke = false;
+        let mut buf = Vec::with_capacity(16 << 10);
+        loop {
+            let mut ready = self.socket.readable().await?;
+            loop {
+                buf.clear();
+                match ready.try_io(|s| s.get_ref().recv(&mut buf, 0)) {
+                    Ok(Ok(_)) => woke = true,
+                    Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => woke = true,
+                    Ok(Err(e)) => return Err(e),
+                    // Drained (readiness cleared by try_io).
+                    Err(_) => break,
+                }
+            }
+            if woke {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Whether `rec`'s direct path works, as this node sees it.
 pub(super) fn direct_health(rec: &VmRecord, sysfs_root: &Path) -> Result<(), Loss> {
     let class_net = sysfs_root.join("sys/class/net");
@@ -150,9 +197,29 @@ impl Monitor {
         );
         let mut tick = tokio::time::interval(self.config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut links = LinkEvents::open()
+            .map_err(|e| {
+                log::warn!("failover monitor: no link events ({e}); looking every interval only");
+            })
+            .ok();
         let mut store: Option<VmStore> = None;
         loop {
-            tick.tick().await;
+            match &links {
+                Some(l) => {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        r = l.changed() => {
+                            if let Err(e) = r {
+                                log::warn!("failover monitor: link events: {e}; looking every interval only");
+                                links = None;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                }
+            }
             if store.is_none() {
                 match VmStore::open(&self.paths.store) {
                     Ok(s) => store = Some(s),
@@ -495,6 +562,52 @@ mod tests {
     use super::*;
     use crate::vm::store::tests::{record, TempDir};
     use sriov::mac::MacAddr;
+
+    /// A link appearing, coming up and going down each wake the monitor; a
+    /// quiet namespace does not. In a network namespace of this test's thread; needs root (CI is
+    /// root), fails without it.
+    #[test]
+    fn link_events_wake_on_link_changes() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(root, "needs root: a network namespace");
+        // SAFETY: unshare(2) moves only this thread (the test's own) to a new
+        // network namespace; the runtime below runs on it.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+        let ip = |args: &str| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", &format!("ip {args}")])
+                .status()
+                .expect("ip");
+            assert!(st.success(), "ip {args}");
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let events = LinkEvents::open().expect("open");
+            let quiet = Duration::from_millis(300);
+            let woke = |d| tokio::time::timeout(d, events.changed());
+            assert!(woke(quiet).await.is_err(), "woke without a change");
+            ip("link add lev0 type veth peer name lev1");
+            woke(Duration::from_secs(5))
+                .await
+                .expect("no wake-up for a new link")
+                .expect("link events");
+            ip("link set lev0 up && ip link set lev1 up");
+            woke(Duration::from_secs(5))
+                .await
+                .expect("no wake-up for a link up")
+                .expect("link events");
+            ip("link set lev0 down");
+            woke(Duration::from_secs(5))
+                .await
+                .expect("no wake-up for a link down")
+                .expect("link events");
+        });
+    }
 
     fn standin(root: &Path, flags: Option<&str>, on_bridge: bool) -> VmRecord {
         let dev = root.join("sys/class/net/vf0tap");

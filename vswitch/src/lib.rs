@@ -39,4 +39,5 @@ pub mod wire;
 pub use api::{DropReason, PortStats, Request, Response};
 pub use config::{PortConfig, SwitchConfig, UplinkConfig};
 pub use switch::{Switch, SwitchError};
+pub use sys::packet::IncomingFrames;
 pub use wire::MacAddr;

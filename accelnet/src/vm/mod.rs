@@ -9,7 +9,6 @@
 pub mod agent;
 mod drain;
 pub mod drill;
-mod guest_frames;
 mod migrate;
 mod monitor;
 mod node;

@@ -425,6 +425,13 @@ fn guest_seen(rec: &VmRecord, w: &mut Watched, last_look: bool) -> bool {
     }
 }
 
+/// A watch on the guest over both paths, opened as the monitor moves it back.
+fn watch_guest(rec: &VmRecord) -> Option<GuestWatch> {
+    rec.steering
+        .as_ref()
+        .and_then(|s| super::path::watch_guest(rec, s))
+}
+
 /// The record's note for the machine's state; keeps `old`'s start and cause while
 /// the state is the same.
 fn note_for(state: &FailoverState, old: Option<&FailoverNote>) -> Option<FailoverNote> {
@@ -522,10 +529,7 @@ async fn act(
             exec(NodeOp::Route { route: Route::Both }).await?;
         }
         Action::ReplugPrimary => {
-            w.watch = rec
-                .steering
-                .as_ref()
-                .and_then(|s| super::path::watch_guest(rec, s));
+            w.watch = watch_guest(rec);
             exec(NodeOp::PlugDirect).await?;
         }
         Action::Route {
@@ -543,10 +547,7 @@ async fn act(
         Action::PrimaryLink { up } => {
             if *up {
                 // A move back by the primary's link: watched as a re-plug.
-                w.watch = rec
-                    .steering
-                    .as_ref()
-                    .and_then(|s| super::path::watch_guest(rec, s));
+                w.watch = watch_guest(rec);
             }
             exec(NodeOp::PrimaryLink { up: *up }).await?;
         }

@@ -33,9 +33,8 @@ use sriov::sysfs::SysfsRoot;
 use sriov::tiers::Tier;
 use vmm_plugin::{DirectPath, Vmm, VmmError, VmmKind};
 use vswitch::api::{PortKind, WireFrame};
-use vswitch::{Request, Response};
+use vswitch::{IncomingFrames, Request, Response};
 
-use super::guest_frames::GuestFrames;
 use super::store::{DirectState, Phase, VmRecord, VmStore};
 use super::{
     allocate_vf, direct_label, open_pool, release_vf, switch_request, tier_queue_pairs,
@@ -388,6 +387,9 @@ pub(super) fn announce(rec: &VmRecord, on_attach: bool) -> anyhow::Result<Vec<St
     }
 }
 
+/// Ethertype of RARP, what QEMU's self-announce writes to every NIC's tap.
+const ETH_P_RARP: u16 = 0x8035;
+
 /// What the host watches while a just-plugged primary waits for the guest: its
 /// own frames over the direct path, and its switch port's receive counter (its
 /// frames over the synthetic path), which tells an idle guest from one that does
@@ -395,9 +397,16 @@ pub(super) fn announce(rec: &VmRecord, on_attach: bool) -> anyhow::Result<Vec<St
 /// the wait only: until the primary's link is up the guest rightly sends over
 /// the standby (replies, a migrated guest's announcements), and after that
 /// `net_failover` sends over the primary whenever it can.
+///
+/// The guest's own frames, not the stand-in tap's receive counter: QEMU writes
+/// to the tap too. After an incoming migration it announces every NIC, the
+/// just-plugged e1000e too, with RARPs (3-4 of them, 50-350 ms apart, from ~300
+/// ms after the plug) while the guest needs ~800 ms to bring the NIC up; taking
+/// the first RARP for the guest pinned its MAC to a NIC still dropping frames.
+/// So the count is of what came in from QEMU except RARPs.
 #[derive(Debug)]
 pub(super) struct GuestWatch {
-    direct: GuestFrames,
+    direct: IncomingFrames,
     control: PathBuf,
     port: String,
     synthetic_before: Option<u64>,
@@ -444,7 +453,7 @@ fn port_rx(control: &Path, port: &str) -> Option<u64> {
 /// watch failed: logged).
 pub(super) fn watch_guest(rec: &VmRecord, steering: &Steering) -> Option<GuestWatch> {
     let tap = steering.standin_tap()?;
-    let direct = GuestFrames::open(tap)
+    let direct = IncomingFrames::open(tap, &[ETH_P_RARP])
         .map_err(|e| {
             log::warn!(
                 "VM {}: cannot see the guest's frames over {tap}: {e}",

@@ -592,6 +592,152 @@ fn ifindex(ifname: &str) -> io::Result<c_int> {
     })
 }
 
+/// A non-blocking AF_PACKET socket with protocol 0: it receives nothing until
+/// [`bind_all`], so options (rings, a filter) are in place before any frame.
+fn packet_socket(ifname: &str) -> io::Result<OwnedFd> {
+    // SAFETY: plain system call without pointers.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(context(
+            ifname,
+            "socket(AF_PACKET)",
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `raw` is a descriptor we just created and nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Binds packet socket `fd` to `ifindex` for every protocol (`ETH_P_ALL`);
+/// returns the address it was bound with.
+fn bind_all(fd: &OwnedFd, ifname: &str, ifindex: c_int) -> io::Result<libc::sockaddr_ll> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = ifindex;
+    let sll_len =
+        socklen_t::try_from(size_of::<libc::sockaddr_ll>()).expect("sockaddr_ll is 20 bytes");
+    // SAFETY: `sll` is an initialized sockaddr_ll of the length passed.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const sll).cast::<libc::sockaddr>(),
+            sll_len,
+        )
+    };
+    if r != 0 {
+        return Err(context(ifname, "bind", io::Error::last_os_error()));
+    }
+    Ok(sll)
+}
+
+/// Bytes of each frame [`IncomingFrames`]' filter passes up: only the count matters.
+const COUNT_SNAP: u32 = 64;
+
+/// Counts the frames an interface receives (not those it sends), except those of
+/// some ethertypes, from when it was opened: a classic BPF filter on an AF_PACKET
+/// socket, so nothing else is even queued. On a tap, "receives" is what the
+/// process behind it (QEMU) wrote.
+#[derive(Debug)]
+pub struct IncomingFrames {
+    ifname: String,
+    fd: OwnedFd,
+    seen: u64,
+}
+
+impl IncomingFrames {
+    /// Opens the count on `ifname` (in the calling thread's network namespace),
+    /// leaving out frames whose ethertype is in `skip`.
+    pub fn open(ifname: &str, skip: &[u16]) -> io::Result<IncomingFrames> {
+        let ifindex = ifindex(ifname)?;
+        let fd = packet_socket(ifname)?;
+        let mut program = incoming_filter(skip);
+        let prog = libc::sock_fprog {
+            len: u16::try_from(program.len()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "too many ethertypes to skip")
+            })?,
+            filter: program.as_mut_ptr(),
+        };
+        // The kernel copies the program during the call; `program` outlives it.
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
+            .map_err(|e| context(ifname, "setsockopt(SO_ATTACH_FILTER)", e))?;
+        bind_all(&fd, ifname, ifindex)?;
+        Ok(IncomingFrames {
+            ifname: ifname.to_string(),
+            fd,
+            seen: 0,
+        })
+    }
+
+    /// The frames counted since [`IncomingFrames::open`] (takes what is queued).
+    pub fn seen(&mut self) -> io::Result<u64> {
+        let mut buf = [0u8; COUNT_SNAP as usize];
+        loop {
+            // SAFETY: `buf` is writable for its length; the fd is ours.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast::<c_void>(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                self.seen += 1;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(self.seen),
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(context(&self.ifname, "recv", e)),
+            }
+        }
+    }
+}
+
+/// Classic BPF: pass (the first [`COUNT_SNAP`] bytes of) a frame unless it is
+/// outgoing (`PACKET_OUTGOING`) or its ethertype is in `skip`.
+fn incoming_filter(skip: &[u16]) -> Vec<libc::sock_filter> {
+    let op = |code: u32| u16::try_from(code).expect("BPF opcodes are 16-bit");
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: op(code),
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // Jumps to the final drop from the instruction at `at` of `len` in all.
+    let jeq_drop = |k: u32, at: usize, len: usize| libc::sock_filter {
+        code: op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K),
+        jt: u8::try_from(len - 2 - at).expect("a short program"),
+        jf: 0,
+        k,
+    };
+    // load pkttype, jeq, load ethertype, one jeq per skip, accept, drop.
+    let len = 5 + skip.len();
+    // The ancillary load of the packet type: SKF_AD_OFF + SKF_AD_PKTTYPE, as the
+    // unsigned k the kernel reads.
+    let pkttype = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE).cast_unsigned();
+    let mut f = vec![
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, pkttype),
+        jeq_drop(u32::from(libc::PACKET_OUTGOING), 1, len),
+        stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 12),
+    ];
+    for &ethertype in skip {
+        f.push(jeq_drop(u32::from(ethertype), f.len(), len));
+    }
+    f.push(stmt(libc::BPF_RET | libc::BPF_K, COUNT_SNAP));
+    f.push(stmt(libc::BPF_RET | libc::BPF_K, 0));
+    f
+}
+
 impl PacketSocket {
     /// Opens `ifname` (in the calling thread's network namespace) for frames of
     /// up to `max_frame` bytes from the Ethernet header on.
@@ -606,23 +752,7 @@ impl PacketSocket {
         let ifindex = ifindex(ifname)?;
         let ctx = |step: &'static str| move |e: io::Error| context(ifname, step, e);
 
-        // SAFETY: plain system call without pointers.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if raw < 0 {
-            return Err(context(
-                ifname,
-                "socket(AF_PACKET)",
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `raw` is a descriptor we just created and nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = packet_socket(ifname)?;
 
         let v3 = libc::tpacket_versions::TPACKET_V3 as c_int;
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_VERSION, &v3)
@@ -691,25 +821,9 @@ impl PacketSocket {
             let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &sndbuf);
         }
 
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex;
-        let sll_len =
+        let mut sll = bind_all(&fd, ifname, ifindex)?;
+        let mut bound_len =
             socklen_t::try_from(size_of::<libc::sockaddr_ll>()).expect("sockaddr_ll is 20 bytes");
-        // SAFETY: `sll` is an initialized sockaddr_ll of the length passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const sll).cast::<libc::sockaddr>(),
-                sll_len,
-            )
-        };
-        if r != 0 {
-            return Err(context(ifname, "bind", io::Error::last_os_error()));
-        }
-        let mut bound_len = sll_len;
         // SAFETY: `sll` is writable for `bound_len` bytes, which the kernel updates.
         let r = unsafe {
             libc::getsockname(
@@ -870,8 +984,124 @@ impl PacketSocket {
 #[cfg(test)]
 mod tests {
     use std::alloc::{alloc_zeroed, dealloc, Layout};
+    use std::time::{Duration, Instant};
 
     use super::*;
+
+    /// Every jump of the count's filter lands on the final drop, the accept is
+    /// right before it, for any number of skipped ethertypes.
+    #[test]
+    fn incoming_filter_jumps_to_its_drop() {
+        let ret = u16::try_from(libc::BPF_RET | libc::BPF_K).expect("16-bit");
+        for skip in [&[][..], &[0x8035], &[0x8035, 0x88cc, 0x0806]] {
+            let f = incoming_filter(skip);
+            assert_eq!(f.len(), 5 + skip.len());
+            let jumps: Vec<usize> = (0..f.len()).filter(|&i| f[i].jt != 0).collect();
+            assert_eq!(jumps.len(), 1 + skip.len(), "{skip:?}");
+            for i in jumps {
+                let to = i + 1 + usize::from(f[i].jt);
+                assert_eq!(to, f.len() - 1, "jump at {i}, {skip:?}");
+            }
+            assert_eq!((f[f.len() - 2].code, f[f.len() - 2].k), (ret, COUNT_SNAP));
+            assert_eq!((f[f.len() - 1].code, f[f.len() - 1].k), (ret, 0));
+        }
+    }
+
+    /// Runs `sh -c script` (in the calling thread's network namespace); panics
+    /// unless it succeeds.
+    fn sh(script: &str) {
+        let out = std::process::Command::new("sh")
+            .args(["-c", script])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sends `frame` out of `ifname` on a raw packet socket.
+    fn send(ifname: &str, frame: &[u8]) {
+        let fd = packet_socket(ifname).expect("socket");
+        let sll = bind_all(&fd, ifname, ifindex(ifname).expect("ifindex")).expect("bind");
+        let len = socklen_t::try_from(size_of::<libc::sockaddr_ll>()).expect("small");
+        // SAFETY: `frame` and `sll` are valid for the lengths passed.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast::<c_void>(),
+                frame.len(),
+                0,
+                (&raw const sll).cast::<libc::sockaddr>(),
+                len,
+            )
+        };
+        assert_eq!(
+            n,
+            isize::try_from(frame.len()).expect("len"),
+            "{}",
+            io::Error::last_os_error()
+        );
+    }
+
+    fn frame(ethertype: u16) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[0x52, 0x54, 0x00, 0x77, 0x00, 0x01]);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.resize(60, 0);
+        f
+    }
+
+    /// Waits until `w` has counted `want` frames (up to 5 s) and returns its count
+    /// after another 200 ms, so that one too many would show.
+    fn settled(w: &mut IncomingFrames, want: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while w.seen().expect("seen") < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        w.seen().expect("seen")
+    }
+
+    /// On a veth pair in a network namespace of this test's thread: frames that
+    /// come in on the watched end count, a skipped ethertype (RARP) and frames
+    /// sent out of it do not. Needs root (CI is root); fails without it.
+    #[test]
+    fn incoming_frames_count_all_but_skipped_and_outgoing() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(root, "needs root: a network namespace and packet sockets");
+        // SAFETY: unshare(2) moves only this thread (the test's own) to a new
+        // network namespace; nothing else runs on it.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "unshare: {}", io::Error::last_os_error());
+        // No IPv6 autoconfiguration frames of the kernel's own in the counts.
+        sh(
+            "sysctl -qw net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.all.disable_ipv6=1 \
+            && ip link add tapw type veth peer name guestw \
+            && ip link set tapw up && ip link set guestw up",
+        );
+        let mut w = IncomingFrames::open("tapw", &[0x8035]).expect("open");
+        assert_eq!(w.seen().expect("seen"), 0);
+        // The other end sends: IPv4, ARP count; a RARP does not.
+        send("guestw", &frame(0x0800));
+        send("guestw", &frame(0x8035));
+        send("guestw", &frame(0x0806));
+        assert_eq!(settled(&mut w, 2), 2);
+        // What goes out of the watched end does not count (it would be in
+        // before the other end's next frame).
+        send("tapw", &frame(0x0800));
+        send("tapw", &frame(0x0806));
+        send("guestw", &frame(0x86dd));
+        assert_eq!(settled(&mut w, 3), 3);
+        let e = IncomingFrames::open("nosuchtap", &[]).expect_err("no such interface");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert!(
+            e.to_string().contains("no interface named nosuchtap"),
+            "{e}"
+        );
+    }
 
     /// Zeroed, page-aligned memory standing in for the kernel's mapping; the
     /// tests play the kernel through `put`/`get`.

@@ -7,6 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: run as root (network namespaces, QEMU, DPDK)" >&2; exit 1; }
 export PATH="$HOME/.cargo/bin:$PATH"
+# One clean build per run: incremental state would only take disk (over 1 GiB).
+export CARGO_INCREMENTAL=0
+# The build, the guest image and the tests' files need about 3 GiB; say so up front
+# rather than failing mid-build with "No space left on device".
+need_kib=$((3 * 1024 * 1024))
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+[ "$free_kib" -ge "$need_kib" ] || {
+  echo "scripts/test.sh: $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }'), the test run needs 3 GiB" >&2
+  exit 1
+}
 scripts/install-deps.sh
 lab/build-guest.sh
 echo "== cargo fmt --check"; cargo fmt --all --check

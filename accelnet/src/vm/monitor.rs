@@ -54,19 +54,43 @@ pub(super) struct MonitorConfig {
     pub unplug_timeout: Duration,
 }
 
-/// rtnetlink's link notifications of this network namespace: a link going down
-/// or away wakes the monitor at once instead of at its next look (which stays:
-/// not every loss is a link message, e.g. a tap leaving the bridge is).
+/// The kernel's notice that a direct path may have changed, from one netlink
+/// socket: it wakes the monitor at once instead of at its next look (which
+/// stays: not every loss is a message, e.g. a tap leaving the bridge is not).
 #[derive(Debug)]
-struct LinkEvents {
+struct KernelEvents {
     socket: tokio::io::unix::AsyncFd<netlink_sys::Socket>,
+    /// What this socket tells: for the log.
+    what: &'static str,
+    /// Whether a message is one to wake for.
+    wakes: fn(&[u8]) -> bool,
 }
 
-impl LinkEvents {
-    fn open() -> std::io::Result<LinkEvents> {
+impl KernelEvents {
+    /// rtnetlink's link messages of this network namespace: a link going down or
+    /// away (the stand-in's tap, a PF losing carrier).
+    fn links() -> std::io::Result<KernelEvents> {
         let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.add_membership(libc::RTNLGRP_LINK)?;
+        Self::register(socket, "link messages", |_| true)
+    }
+
+    /// The kernel's uevents for PCI and network devices: a real VF is bound to
+    /// vfio-pci and has no netdev, so its removal (PCI hot-unplug, VFs taken
+    /// away by the PF's driver) is a PCI `remove` uevent, not a link message.
+    fn devices() -> std::io::Result<KernelEvents> {
+        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_KOBJECT_UEVENT)?;
+        // Multicast group 1: the kernel's own uevents (udev re-sends on group 2).
+        socket.bind(&netlink_sys::SocketAddr::new(0, 1))?;
+        Self::register(socket, "device uevents", uevent_wakes)
+    }
+
+    fn register(
+        socket: netlink_sys::Socket,
+        what: &'static str,
+        wakes: fn(&[u8]) -> bool,
+    ) -> std::io::Result<KernelEvents> {
         socket.set_non_blocking(true)?;
         // SAFETY: the socket owns its descriptor, closes it only when dropped (with
         // the AsyncFd) and always returns that same one from as_raw_fd.
@@ -74,11 +98,22 @@ impl LinkEvents {
             tokio::io::unix::AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE)
         }
         .map_err(|e| e.into_parts().1)?;
-        Ok(LinkEvents { socket })
+        Ok(KernelEvents {
+            socket,
+            what,
+            wakes,
+        })
     }
 
-    /// Waits for a link message, then takes every one queued: one wake-up per
-    /// burst. An overrun (ENOBUFS) is a change too.
+    /// Opens `open`'s socket, or says the monitor goes without it.
+    fn open_or_warn(open: fn() -> std::io::Result<KernelEvents>, what: &str) -> Option<Self> {
+        open()
+            .map_err(|e| log::warn!("failover monitor: no {what} ({e}); looking every interval"))
+            .ok()
+    }
+
+    /// Waits for a message to wake for, then takes every one queued: one
+    /// wake-up per burst. An overrun (ENOBUFS) is a change too.
     async fn changed(&self) -> std::io::Result<()> {
         let mut woke = false;
         let mut buf = Vec::with_capacity(16 << 10);
@@ -87,7 +122,7 @@ impl LinkEvents {
             loop {
                 buf.clear();
                 match ready.try_io(|s| s.get_ref().recv(&mut buf, 0)) {
-                    Ok(Ok(_)) => woke = true,
+                    Ok(Ok(_)) => woke |= (self.wakes)(&buf),
                     Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => woke = true,
                     Ok(Err(e)) => return Err(e),
                     // Drained (readiness cleared by try_io).
@@ -98,6 +133,29 @@ impl LinkEvents {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Whether a kernel uevent (`ACTION@DEVPATH\0KEY=VALUE\0...`) is about a PCI
+/// or network device: other subsystems (disks, USB, ...) never change a direct
+/// path.
+fn uevent_wakes(msg: &[u8]) -> bool {
+    msg.split(|&b| b == 0)
+        .any(|field| field == b"SUBSYSTEM=pci" || field == b"SUBSYSTEM=net")
+}
+
+/// Waits until `events` wakes; without it (never opened, or failed), forever.
+/// A failed socket is dropped with a warning, so the next wait is the forever one.
+async fn woken(events: &mut Option<KernelEvents>) {
+    let Some(e) = events else {
+        return std::future::pending().await;
+    };
+    if let Err(err) = e.changed().await {
+        log::warn!(
+            "failover monitor: {}: {err}; looking every interval without them",
+            e.what
+        );
+        *events = None;
     }
 }
 
@@ -197,28 +255,14 @@ impl Monitor {
         );
         let mut tick = tokio::time::interval(self.config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut links = LinkEvents::open()
-            .map_err(|e| {
-                log::warn!("failover monitor: no link events ({e}); looking every interval only");
-            })
-            .ok();
+        let mut links = KernelEvents::open_or_warn(KernelEvents::links, "link messages");
+        let mut devices = KernelEvents::open_or_warn(KernelEvents::devices, "device uevents");
         let mut store: Option<VmStore> = None;
         loop {
-            match &links {
-                Some(l) => {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        r = l.changed() => {
-                            if let Err(e) = r {
-                                log::warn!("failover monitor: link events: {e}; looking every interval only");
-                                links = None;
-                            }
-                        }
-                    }
-                }
-                None => {
-                    tick.tick().await;
-                }
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = woken(&mut links) => {}
+                _ = woken(&mut devices) => {}
             }
             if store.is_none() {
                 match VmStore::open(&self.paths.store) {
@@ -564,31 +608,39 @@ mod tests {
     use crate::vm::store::tests::{record, TempDir};
     use sriov::mac::MacAddr;
 
-    /// A link appearing, coming up and going down each wake the monitor; a
-    /// quiet namespace does not. In a network namespace of this test's thread; needs root (CI is
-    /// root), fails without it.
-    #[test]
-    fn link_events_wake_on_link_changes() {
+    /// Moves this test's thread to a network namespace of its own (needs root: CI
+    /// is root; fails without it) and returns a runner of `ip` commands in it.
+    fn own_netns() -> impl Fn(&str) {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         assert!(root, "needs root: a network namespace");
         // SAFETY: unshare(2) moves only this thread (the test's own) to a new
-        // network namespace; the runtime below runs on it.
+        // network namespace; the test's runtime runs on it.
         let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
-        let ip = |args: &str| {
+        |args: &str| {
             let st = std::process::Command::new("sh")
                 .args(["-c", &format!("ip {args}")])
                 .status()
                 .expect("ip");
             assert!(st.success(), "ip {args}");
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
+        }
+    }
+
+    fn current_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let events = LinkEvents::open().expect("open");
+            .expect("runtime")
+    }
+
+    /// A link appearing, coming up and going down each wake the monitor; a
+    /// quiet namespace does not. In a network namespace of this test's thread.
+    #[test]
+    fn link_events_wake_on_link_changes() {
+        let ip = own_netns();
+        current_thread_runtime().block_on(async {
+            let events = KernelEvents::links().expect("open");
             let quiet = Duration::from_millis(300);
             let woke = |d| tokio::time::timeout(d, events.changed());
             assert!(woke(quiet).await.is_err(), "woke without a change");
@@ -608,6 +660,48 @@ mod tests {
                 .expect("no wake-up for a link down")
                 .expect("link events");
         });
+    }
+
+    /// A network device added or removed is a kernel uevent (as a VF's PCI
+    /// removal is, which a test cannot cause here): each wakes the monitor, a
+    /// quiet namespace does not. The uevents of a namespace's own net devices
+    /// reach only that namespace, so this runs in one of the test's thread.
+    #[test]
+    fn device_uevents_wake_on_devices_coming_and_going() {
+        let ip = own_netns();
+        current_thread_runtime().block_on(async {
+            let events = KernelEvents::devices().expect("open");
+            let woke = |d| tokio::time::timeout(d, events.changed());
+            assert!(
+                woke(Duration::from_millis(300)).await.is_err(),
+                "woke without a change"
+            );
+            ip("link add uev0 type veth peer name uev1");
+            woke(Duration::from_secs(5))
+                .await
+                .expect("no wake-up for a new device")
+                .expect("device uevents");
+            ip("link del uev0");
+            woke(Duration::from_secs(5))
+                .await
+                .expect("no wake-up for a removed device")
+                .expect("device uevents");
+        });
+    }
+
+    /// Only PCI and network devices' uevents wake the monitor.
+    #[test]
+    fn test_uevent_wakes_for_pci_and_net_only() {
+        let pci = b"remove@/devices/pci0000:00/0000:00:03.0/0000:03:10.1\0ACTION=remove\0\
+DEVPATH=/devices/pci0000:00/0000:00:03.0/0000:03:10.1\0SUBSYSTEM=pci\0PCI_SLOT_NAME=0000:03:10.1\0SEQNUM=4242\0";
+        assert!(uevent_wakes(pci));
+        let net = b"add@/devices/virtual/net/vf0tap\0ACTION=add\0SUBSYSTEM=net\0INTERFACE=vf0tap\0";
+        assert!(uevent_wakes(net));
+        let disk = b"change@/devices/virtual/block/loop0\0ACTION=change\0SUBSYSTEM=block\0";
+        assert!(!uevent_wakes(disk));
+        // A value that only starts like one does not count.
+        assert!(!uevent_wakes(b"add@/x\0SUBSYSTEM=pci_bus\0"));
+        assert!(!uevent_wakes(b""));
     }
 
     fn standin(root: &Path, flags: Option<&str>, on_bridge: bool) -> VmRecord {
